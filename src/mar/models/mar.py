@@ -1,0 +1,73 @@
+"""The MAR model: encoder + classification head + optional reconstruction decoder."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from torch import Tensor, nn
+
+from ..masking import Mask, gather_tokens
+from .decoder import ReconstructionDecoder
+from .encoder import VideoEncoder
+from .patch_embed import IMAGENET_MEAN, IMAGENET_STD, reconstruction_target
+
+
+class MAROutput(NamedTuple):
+    """What a model with a decoder returns.
+
+    logits: (B, K); pred and target: (B, N_masked, P), rows in ``mask.ids_mask`` order.
+    """
+
+    logits: Tensor
+    pred: Tensor
+    target: Tensor
+
+
+class MAR(nn.Module):
+    """Composes an encoder, a head and, for training, a reconstruction decoder.
+
+    ``forward(video, mask)`` returns logits (B, K) without a decoder (the deploy model),
+    and a :class:`MAROutput` with one. The mask is always an input: the model never
+    draws one; ``mask=None`` means every token is visible.
+    """
+
+    def __init__(self, encoder: VideoEncoder, head: nn.Module,
+                 decoder: ReconstructionDecoder | None = None, norm_target: bool = True,
+                 pixel_mean: tuple[float, ...] = IMAGENET_MEAN,
+                 pixel_std: tuple[float, ...] = IMAGENET_STD):
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.decoder = decoder
+        self.norm_target = norm_target
+        self.pixel_mean = tuple(pixel_mean)
+        self.pixel_std = tuple(pixel_std)
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        return self.encoder.grid
+
+    def forward_features(self, video: Tensor, mask: Mask | None = None) -> Tensor:
+        """(B, C, T, H, W) -> visible tokens after the encoder's final norm (B, N_visible, D)."""
+        return self.encoder(video, mask)
+
+    def forward_head(self, tokens: Tensor, mask: Mask | None = None) -> Tensor:
+        """(B, N_visible, D) -> logits (B, K)."""
+        return self.head(tokens, mask)
+
+    def reconstruction_target(self, video: Tensor, mask: Mask) -> Tensor:
+        """Pixels of the masked tubelets, (B, N_masked, P), normalised per patch if configured."""
+        pe = self.encoder.patch_embed
+        target = reconstruction_target(video.detach(), pe.patch_size, pe.tubelet_size,
+                                       self.pixel_mean, self.pixel_std, self.norm_target)
+        return gather_tokens(target, mask.ids_mask)
+
+    def forward(self, video: Tensor, mask: Mask | None = None) -> Tensor | MAROutput:
+        if mask is None:
+            mask = Mask.full(video.shape[0], self.grid, video.device)
+        tokens = self.forward_features(video, mask)
+        logits = self.forward_head(tokens, mask)
+        if self.decoder is None:
+            return logits
+        pred = self.decoder(tokens, mask)
+        return MAROutput(logits, pred, self.reconstruction_target(video, mask))
