@@ -1,0 +1,67 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mar.cli import main
+from mar.config import ConfigError, load_config, save_config
+
+
+def test_defaults_file_and_overrides_layer(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  name: vit_nano\n  num_classes: 10\nmasking:\n  ratio: 0.75\n")
+    cfg = load_config(path, ["model.head=linear", "masking.cell=[1,2]", "masking.ratio=0.5"])
+    assert cfg.model.name == "vit_nano" and cfg.model.num_classes == 10
+    assert cfg.model.head == "linear" and cfg.model.img_size == 224
+    assert cfg.masking.cell == (1, 2) and cfg.masking.ratio == 0.5
+    strategy = cfg.test_masking()
+    assert strategy.cell == (1, 2) and strategy.temporal == "shuffled"
+    # the saved config reloads to the same thing
+    save_config(cfg, tmp_path / "resolved.yaml")
+    assert load_config(tmp_path / "resolved.yaml") == cfg
+    head = cfg.model.build().head.head
+    assert (head.in_features, head.out_features) == (64, 10)
+
+
+@pytest.mark.parametrize("text,override,match", [
+    ("model:\n  head_widht: 3\n", [], r"model.head_widht: unknown key"),
+    ("model:\n  num_classes: ten\n", [], r"model.num_classes: Input should be a valid integer"),
+    ("", ["masking.ratio=1.5"], r"masking.ratio: Input should be less than 1"),
+    ("", ["trainer.lr=1"], r"trainer: unknown key"),
+    ("model: [1, 2\n", [], "not valid YAML"),
+    ("", ["model.head=conv"], r"model.head: Input should be 'bridging', 'linear' or 'mlp'"),
+])
+def test_bad_configs_name_the_key(tmp_path, text, override, match):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(path, override)
+
+
+def test_masking_options_must_exist_for_the_strategy():
+    cfg = load_config(None, ["masking.name=tube", "masking.cell=[2,2]"])
+    with pytest.raises(ConfigError, match="unknown option"):
+        cfg.test_masking()
+
+
+def test_cli_flops_json(capsys):
+    assert main(["flops", "model.name=vit_base", "model.num_classes=174", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["visible_tokens"] == 784 and abs(out["gflops"] - 86.35) < 0.01
+
+
+def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
+    assert main(["flops", str(tmp_path / "missing.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no such config file" in err and "\n" not in err
+    assert main(["flops", "masking.ratio=0.6"]) == 2
+    assert "multiple of 1/4" in capsys.readouterr().err
+
+
+def test_console_script_prints_the_paper_table():
+    exe = subprocess.run([sys.executable, "-m", "mar.cli", "flops", "--paper", "--json"],
+                         capture_output=True, text=True, check=True)
+    rows = json.loads(exe.stdout)
+    assert len(rows) >= 25
+    assert all(abs(r["diff_percent"]) < 0.5 for r in rows)
