@@ -25,7 +25,7 @@ from torch import Tensor
 Grid = tuple[int, int, int]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Mask:
     """Visible and masked token indices, each ascending, for a batch of clips.
 
@@ -154,13 +154,12 @@ def _eval_generator(generator, train: bool):
 class MaskingStrategy:
     """Base of all strategies. ``ratio`` is the fraction of tokens masked."""
 
+    name: ClassVar[str] = ""
     ratio: float = 0.5
 
     def __post_init__(self):
         if not 0.0 <= self.ratio < 1.0:
             raise ValueError(f"{self.name}: mask ratio must be in [0, 1), got {self.ratio}")
-
-    name: ClassVar[str] = ""
 
     def __call__(self, batch_size: int, grid: Grid, train: bool = True,
                  generator: torch.Generator | None = None) -> Mask:
