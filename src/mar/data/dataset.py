@@ -1,0 +1,176 @@
+"""The video dataset: list records in, training clips or test views out, robust to bad files.
+
+A file that cannot be opened or decoded never stops an epoch. In training the sample is
+replaced by another video (a bounded number of tries, each drawn from the sample's own
+generator); in testing the view comes back marked ``valid=False`` so evaluation can
+leave it out and count it. Every item lists the files it had to skip, so the epoch
+summary can count them across DataLoader workers; each process warns once per file.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from .decode import DecodeError, make_backend
+from .lists import VideoRecord
+from .sampling import SegmentTestStyle, dense_indices, multi_views, segment_indices
+from .transforms import EvalTransform, TrainTransform
+
+
+@dataclass(frozen=True)
+class ClipSampling:
+    """Temporal sampling: ``dense`` (Kinetics: ``num_frames`` at ``stride``) or ``segment``
+    (Something-Something: one frame per segment)."""
+
+    mode: str = "dense"
+    num_frames: int = 16
+    stride: int = 4
+    segment_test_style: SegmentTestStyle = "centre"
+
+    def indices(self, total: int, *, train: bool, clip: int = 0, num_clips: int = 1,
+                generator=None) -> list[int]:
+        if self.mode == "dense":
+            return dense_indices(total, self.num_frames, self.stride, train=train, clip=clip,
+                                 num_clips=num_clips, generator=generator)
+        if self.mode == "segment":
+            return segment_indices(total, self.num_frames, train=train, clip=clip,
+                                   num_clips=num_clips, style=self.segment_test_style,
+                                   generator=generator)
+        raise ValueError(f"unknown sampling mode {self.mode!r}; known: dense, segment")
+
+
+class VideoDataset(Dataset):
+    """Clips from a list of videos.
+
+    Training (``train=True``): item i is video i, decoded once, augmented ``repeats``
+    times (repeated augmentation; official K400: 2); ``video`` is (C, T, H, W), or
+    (repeats, C, T, H, W) when ``repeats > 1``. Test: item i is view (video, clip, crop)
+    of the ``num_clips x num_crops`` multi-view protocol, tagged with its video index.
+
+    Randomness: item i in epoch e draws from a generator seeded by (seed, e, i), so a
+    run is reproducible whatever the worker count; call :meth:`set_epoch` each epoch.
+    """
+
+    def __init__(self, records: list[VideoRecord], *, train: bool,
+                 sampling: ClipSampling = ClipSampling(),
+                 train_transform: TrainTransform | None = None,
+                 eval_transform: EvalTransform | None = None, num_clips: int = 1,
+                 repeats: int = 1, backend: str = "pyav", decode_timeout: float = 30.0,
+                 max_retries: int = 10, seed: int = 0):
+        if not records:
+            raise ValueError("dataset: no videos")
+        self.records = list(records)
+        self.train = train
+        self.sampling = sampling
+        self.train_transform = train_transform or TrainTransform()
+        self.eval_transform = eval_transform or EvalTransform()
+        self.views = multi_views(num_clips, self.eval_transform.num_crops)
+        self.num_clips = num_clips
+        self.repeats = repeats
+        self.backend_name = backend
+        self.decode_timeout = decode_timeout
+        self.max_retries = max_retries
+        self.seed = seed
+        self.epoch = 0
+        self._backend = None
+        self._warned: set[str] = set()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records) if self.train else len(self.records) * len(self.views)
+
+    @property
+    def backend(self):
+        if self._backend is None:  # built lazily, in the worker that uses it
+            self._backend = make_backend(self.backend_name, self.decode_timeout)
+        return self._backend
+
+    def _generator(self, index: int) -> torch.Generator:
+        seed = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]
+        return torch.Generator().manual_seed(int(seed))
+
+    def _warn(self, path: str, error: Exception) -> None:
+        if path not in self._warned:
+            self._warned.add(path)
+            warnings.warn(f"skipping unreadable video: {error}", stacklevel=3)
+
+    def _decode(self, record: VideoRecord, **sample) -> np.ndarray:
+        info = self.backend.probe(record.path)
+        if info.num_frames == 0:
+            raise DecodeError(f"{record.path}: no video frames")
+        indices = self.sampling.indices(info.num_frames, train=self.train, **sample)
+        return self.backend.read(record.path, indices, info)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._train_item(index) if self.train else self._test_item(index)
+
+    def _train_item(self, index: int) -> dict[str, Any]:
+        generator = self._generator(index)
+        skipped = []
+        video_index = index
+        for _ in range(self.max_retries + 1):
+            record = self.records[video_index]
+            try:
+                frames = self._decode(record, generator=generator)
+                break
+            except DecodeError as e:
+                self._warn(record.path, e)
+                skipped.append(record.path)
+                video_index = int(torch.randint(0, len(self.records), (1,), generator=generator))
+        else:
+            raise DecodeError(f"{self.max_retries + 1} videos in a row could not be decoded "
+                              f"(last: {record.path}); is the data root right?")
+        clips, labels = [], []
+        for _ in range(self.repeats):
+            clip, label = self.train_transform(frames, record.label, generator)
+            clips.append(clip)
+            labels.append(label)
+        video = torch.stack(clips) if self.repeats > 1 else clips[0]
+        label = torch.tensor(labels) if self.repeats > 1 else labels[0]
+        return {"video": video, "label": label, "index": video_index, "valid": True,
+                "skipped": skipped}
+
+    def _test_item(self, index: int) -> dict[str, Any]:
+        video_index, view = divmod(index, len(self.views))
+        view = self.views[view]
+        record = self.records[video_index]
+        item = {"label": record.label, "index": video_index, "clip": view.clip,
+                "crop": view.crop, "valid": True, "skipped": []}
+        try:
+            frames = self._decode(record, clip=view.clip, num_clips=self.num_clips)
+            item["video"] = self.eval_transform(frames, view.crop)
+        except DecodeError as e:
+            self._warn(record.path, e)
+            size = self.eval_transform.crop_size
+            item["video"] = torch.zeros(3, self.sampling.num_frames, size, size)
+            item.update(valid=False, skipped=[record.path])
+        return item
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack a batch; repeated clips are flattened into the batch (B * repeats, ...)."""
+    video = torch.stack([it["video"] for it in items])
+    label = torch.stack([torch.as_tensor(it["label"]) for it in items])
+    index = torch.tensor([it["index"] for it in items])
+    valid = torch.tensor([it["valid"] for it in items])
+    if video.dim() == 6:  # (B, R, C, T, H, W)
+        r = video.shape[1]
+        video, label = video.flatten(0, 1), label.flatten()
+        index, valid = index.repeat_interleave(r), valid.repeat_interleave(r)
+    batch: dict[str, Tensor | list] = {
+        "video": video, "label": label, "index": index, "valid": valid,
+        "skipped": [p for it in items for p in it["skipped"]],
+    }
+    for key in ("clip", "crop"):
+        if key in items[0]:
+            batch[key] = torch.tensor([it[key] for it in items])
+    return batch

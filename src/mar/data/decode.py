@@ -1,0 +1,237 @@
+"""Video decoding: count frames without trusting the header, decode only the frames asked for.
+
+A backend answers two questions about a file: :meth:`probe` (how many frames it really
+has, found by reading the packet index, not the header) and :meth:`read` (the frames at
+given indices, as uint8 (T, H, W, 3) RGB). Indices are positions in presentation order,
+so variable frame rate needs no special case. PyAV is the default (its wheels bundle
+FFmpeg); torchcodec is used where it imports and works (it needs a system FFmpeg).
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+class DecodeError(RuntimeError):
+    """A file that cannot be opened or decoded; the message names the file."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a probe learned about a file. ``num_frames`` counts real frames (packets)."""
+
+    num_frames: int
+    header_frames: int
+    fps: float
+    width: int
+    height: int
+    keyframes: tuple[int, ...] = (0,)  # presentation indices of keyframes, ascending
+    keyframe_stamps: tuple[int, ...] = ()  # their timestamps (stream time base)
+
+
+def _check_file(path: str | Path) -> None:
+    """Refuse what would block or cannot be a video: missing, FIFOs, devices, empty files."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise DecodeError(f"{path}: cannot open ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise DecodeError(f"{path}: not a regular file")
+    if st.st_size == 0:
+        raise DecodeError(f"{path}: empty file")
+
+
+class PyAVBackend:
+    """Decoding with PyAV: seek to the keyframe before the first wanted frame, decode on."""
+
+    name = "pyav"
+
+    def __init__(self, timeout: float = 30.0):
+        self.timeout = timeout
+
+    def _open(self, path):
+        import av
+
+        _check_file(path)
+        try:
+            container = av.open(str(path), timeout=self.timeout)
+        except Exception as e:  # av.error.* and OSError
+            if "Immediate exit" in str(e):  # FFmpeg's I/O interrupt: the timeout fired
+                raise DecodeError(f"{path}: opening took over {self.timeout:g}s") from None
+            raise DecodeError(f"{path}: cannot open as video ({_short(e)})") from None
+        if not container.streams.video:
+            container.close()
+            raise DecodeError(f"{path}: no video stream")
+        return container
+
+    def probe(self, path) -> VideoInfo:
+        deadline = time.monotonic() + self.timeout
+        with self._open(path) as container:
+            stream = container.streams.video[0]
+            stamps, key_stamps = [], []
+            try:
+                for packet in container.demux(stream):
+                    if time.monotonic() > deadline:
+                        raise DecodeError(f"{path}: probing took over {self.timeout:g}s")
+                    if packet.size == 0:
+                        continue
+                    ts = packet.pts if packet.pts is not None else packet.dts
+                    ts = len(stamps) if ts is None else ts
+                    stamps.append(ts)
+                    if packet.is_keyframe:
+                        key_stamps.append(ts)
+            except DecodeError:
+                raise
+            except Exception:  # a damaged tail: keep what was indexed
+                pass
+            order = sorted(stamps)
+            keys = sorted({(bisect.bisect_left(order, ts), ts) for ts in key_stamps})
+            rate = stream.average_rate or stream.guessed_rate or 0
+            return VideoInfo(len(stamps), int(stream.frames or 0), float(rate),
+                             stream.codec_context.width, stream.codec_context.height,
+                             tuple(k for k, _ in keys) or (0,), tuple(t for _, t in keys))
+
+    def read(self, path, indices, info: VideoInfo | None = None) -> np.ndarray:
+        info = info or self.probe(path)
+        if info.num_frames == 0:
+            raise DecodeError(f"{path}: no video frames")
+        indices = [min(max(int(i), 0), info.num_frames - 1) for i in indices]
+        wanted = sorted(set(indices))
+        if not wanted:
+            raise ValueError("no frame indices to read")
+        frames = self._decode(path, wanted, info)
+        missing = [i for i in wanted if i not in frames]
+        if not frames or len(missing) > len(wanted) // 4:
+            raise DecodeError(f"{path}: {len(missing)} of {len(wanted)} requested frames "
+                              "do not decode")
+        # indices past the end were clamped to the last frame; a few indexed frames that do
+        # not decode (a damaged tail) repeat the last good one
+        return np.stack([frames[i] if i in frames else frames[_nearest(frames, i)]
+                         for i in indices])
+
+    def _decode(self, path, wanted: list[int], info: VideoInfo) -> dict[int, np.ndarray]:
+        """Decode from the last keyframe at or before the first wanted frame.
+
+        Frames are counted in decoder output (presentation) order from that keyframe. If
+        the seek lands anywhere else, decode from the start instead.
+        """
+        k = bisect.bisect_right(info.keyframes, wanted[0]) - 1
+        if k >= 0 and info.keyframes[k] > 0 and k < len(info.keyframe_stamps):
+            frames = self._decode_from(path, wanted, info.keyframes[k], info.keyframe_stamps[k])
+            if frames is not None:
+                return frames
+        return self._decode_from(path, wanted, 0, None)
+
+    def _decode_from(self, path, wanted, start: int, stamp: int | None):
+        deadline = time.monotonic() + self.timeout
+        frames: dict[int, np.ndarray] = {}
+        targets = set(wanted)
+        with self._open(path) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            if stamp is not None:
+                try:
+                    container.seek(stamp, stream=stream, backward=True, any_frame=False)
+                except Exception:
+                    return None
+            index = start
+            try:
+                for frame in container.decode(stream):
+                    if time.monotonic() > deadline:
+                        raise DecodeError(f"{path}: decoding took over {self.timeout:g}s")
+                    if stamp is not None and index == start and frame.pts != stamp:
+                        return None  # the seek did not land on the keyframe
+                    if index in targets:
+                        frames[index] = frame.to_ndarray(format="rgb24")
+                    index += 1
+                    if index > wanted[-1]:
+                        break
+            except DecodeError:
+                raise
+            except Exception as e:
+                if not frames:
+                    raise DecodeError(f"{path}: decoding failed ({_short(e)})") from None
+        return frames
+
+
+class TorchCodecBackend:
+    """Decoding with torchcodec (exact seek mode builds a frame index from the file)."""
+
+    name = "torchcodec"
+
+    def __init__(self, timeout: float = 30.0):
+        from torchcodec.decoders import VideoDecoder  # noqa: F401  (raises if unusable)
+
+        self.timeout = timeout
+
+    def _decoder(self, path):
+        from torchcodec.decoders import VideoDecoder
+
+        _check_file(path)
+        try:
+            return VideoDecoder(str(path), seek_mode="exact", dimension_order="NHWC")
+        except Exception as e:
+            raise DecodeError(f"{path}: cannot open as video ({_short(e)})") from None
+
+    def probe(self, path) -> VideoInfo:
+        meta = self._decoder(path).metadata
+        n = int(meta.num_frames or 0)
+        return VideoInfo(n, int(meta.num_frames_from_header or 0),
+                         float(meta.average_fps or 0), int(meta.width or 0),
+                         int(meta.height or 0), (0,))
+
+    def read(self, path, indices, info: VideoInfo | None = None) -> np.ndarray:
+        decoder = self._decoder(path)
+        n = len(decoder)
+        if n == 0:
+            raise DecodeError(f"{path}: no video frames")
+        clamped = [min(int(i), n - 1) for i in indices]
+        try:
+            batch = decoder.get_frames_at(indices=clamped)
+        except Exception as e:
+            raise DecodeError(f"{path}: decoding failed ({_short(e)})") from None
+        return batch.data.numpy()
+
+
+def _nearest(frames: dict[int, np.ndarray], i: int) -> int:
+    keys = sorted(frames)
+    return keys[max(0, bisect.bisect_right(keys, i) - 1)]
+
+
+def _short(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
+
+
+BACKENDS = {"pyav": PyAVBackend, "torchcodec": TorchCodecBackend}
+
+
+def available_backends() -> list[str]:
+    """Backends that import and work on this machine, in order of preference."""
+    found = []
+    for name, cls in BACKENDS.items():
+        try:
+            cls()
+            found.append(name)
+        except Exception:
+            continue
+    return found
+
+
+def make_backend(name: str = "auto", timeout: float = 30.0):
+    """``pyav``, ``torchcodec`` or ``auto`` (torchcodec where it works, else PyAV)."""
+    if name == "auto":
+        name = "torchcodec" if "torchcodec" in available_backends() else "pyav"
+    if name not in BACKENDS:
+        raise ValueError(f"unknown decoder backend {name!r}; known: auto, {', '.join(BACKENDS)}")
+    try:
+        return BACKENDS[name](timeout=timeout)
+    except ImportError as e:
+        raise ValueError(f"decoder backend {name!r} is not usable here ({_short(e)})") from None

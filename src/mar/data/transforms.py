@@ -1,0 +1,183 @@
+"""Clip transforms: uint8 frames (T, H, W, 3) in, normalised (C, T, H, W) float out.
+
+Training (Table I, Table X): random resized crop, horizontal flip, RandAugment, normalise,
+random erasing; every random choice is made once per clip, so all frames get the same
+crop, flip, augmentation ops and erased box, and every draw comes from the clip's
+``torch.Generator``. Test: resize the short side to the crop size, then one of K crops
+along the long side. The ops are torchvision's (v2 functional) and timm's RandAugment.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+from torch import Tensor
+
+from .sampling import crop_offsets
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Something-Something v2 classes whose meaning a horizontal flip swaps ("left" <-> "right"):
+# the official MAR code flips and swaps 86<->87, 93<->94, 166<->167.
+SSV2_FLIP_PAIRS = ((86, 87), (93, 94), (166, 167))
+
+
+def to_tensor(frames: np.ndarray) -> Tensor:
+    """uint8 (T, H, W, 3) -> uint8 (T, 3, H, W)."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+
+
+def normalize(video: Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Tensor:
+    """uint8 (T, 3, H, W) -> float (3, T, H, W), (x / 255 - mean) / std."""
+    x = video.float().div_(255).permute(1, 0, 2, 3)
+    return (x - torch.tensor(mean).view(3, 1, 1, 1)) / torch.tensor(std).view(3, 1, 1, 1)
+
+
+def _uniform(a: float, b: float, generator) -> float:
+    return a + (b - a) * float(torch.rand(1, generator=generator))
+
+
+def resized_crop_params(height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                        generator=None) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a random crop covering ``scale`` of the area with aspect
+    ``ratio`` (log-uniform); after 10 failed draws, a centre crop clipped to ``ratio``."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * _uniform(*scale, generator)
+        aspect = math.exp(_uniform(*log_ratio, generator))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
+            left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        h, w = height, round(height * ratio[1])
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def erase(video: Tensor, generator, scale=(0.02, 1 / 3), ratio=(0.3, 3.3)) -> Tensor:
+    """Random erasing, pixel mode (Zhong et al.): one box, the same in every frame, filled
+    with per-pixel normal noise. ``video`` is normalised float (C, T, H, W)."""
+    _, t, height, width = video.shape
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = height * width * _uniform(*scale, generator)
+        aspect = math.exp(_uniform(*log_ratio, generator))
+        h = round(math.sqrt(target * aspect))
+        w = round(math.sqrt(target / aspect))
+        if 0 < h < height and 0 < w < width:
+            top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
+            left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
+            video = video.clone()
+            noise = torch.randn(video.shape[0], t, h, w, generator=generator)
+            video[:, :, top:top + h, left:left + w] = noise
+            return video
+    return video
+
+
+class ClipRandAugment:
+    """timm's RandAugment (e.g. ``rand-m9-mstd0.5-inc1``) with the same ops and magnitudes
+    on every frame of a clip.
+
+    timm's ops draw from Python's and NumPy's global generators; each clip seeds both
+    from its own generator before every frame, and the previous global states are
+    restored afterwards, so nothing leaks and a clip is reproducible from its seed.
+    """
+
+    def __init__(self, config: str = "rand-m9-mstd0.5-inc1", mean=IMAGENET_MEAN):
+        from timm.data.auto_augment import rand_augment_transform
+
+        hparams = {"translate_const": 100, "img_mean": tuple(round(255 * m) for m in mean)}
+        self.config = config
+        self.transform = rand_augment_transform(config, hparams)
+
+    def __call__(self, video: Tensor, generator) -> Tensor:
+        """uint8 (T, 3, H, W) -> uint8 (T, 3, H, W)."""
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        saved = random.getstate(), np.random.get_state()
+        try:
+            out = []
+            for frame in video.permute(0, 2, 3, 1).numpy():
+                random.seed(seed)
+                np.random.seed(seed)
+                out.append(np.asarray(self.transform(Image.fromarray(frame))))
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+        return to_tensor(np.stack(out))
+
+
+@dataclass
+class TrainTransform:
+    """The training augmentation of one clip; ``None``/0 switches a step off (Table X)."""
+
+    crop_size: int = 224
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_prob: float = 0.5
+    flip_pairs: tuple[tuple[int, int], ...] = ()
+    rand_augment: str | None = "rand-m9-mstd0.5-inc1"
+    erase_prob: float = 0.25
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    _augment: ClipRandAugment | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self):
+        if self.rand_augment:
+            self._augment = ClipRandAugment(self.rand_augment, self.mean)
+        self._swap = {a: b for a, b in self.flip_pairs} | {b: a for a, b in self.flip_pairs}
+
+    def __call__(self, frames: np.ndarray, label: int, generator) -> tuple[Tensor, int]:
+        """uint8 (T, H, W, 3), label -> float (3, T, S, S), label (swapped if flipped)."""
+        video = to_tensor(frames)
+        top, left, h, w = resized_crop_params(video.shape[-2], video.shape[-1], self.scale,
+                                              self.ratio, generator)
+        size = [self.crop_size, self.crop_size]
+        video = TF.resized_crop(video, top, left, h, w, size, antialias=True)
+        if float(torch.rand(1, generator=generator)) < self.flip_prob:
+            video = TF.horizontal_flip(video)
+            label = self._swap.get(label, label)
+        if self._augment is not None:
+            video = self._augment(video, generator)
+        video = normalize(video, self.mean, self.std)
+        if self.erase_prob and float(torch.rand(1, generator=generator)) < self.erase_prob:
+            video = erase(video, generator)
+        return video, label
+
+
+@dataclass
+class EvalTransform:
+    """Resize the short side to ``short_side`` (default: the crop size), take crop ``k``
+    of ``num_crops`` along the long side (3: start, middle, end), normalise."""
+
+    crop_size: int = 224
+    num_crops: int = 1
+    short_side: int | None = None
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __call__(self, frames: np.ndarray, crop: int = 0) -> Tensor:
+        """uint8 (T, H, W, 3) -> float (3, T, S, S)."""
+        video = to_tensor(frames)
+        video = TF.resize(video, [self.short_side or self.crop_size], antialias=True)
+        h, w = video.shape[-2:]
+        c = self.crop_size
+        if w >= h:
+            top, left = (h - c) // 2, crop_offsets(w, c, self.num_crops)[crop]
+        else:
+            top, left = crop_offsets(h, c, self.num_crops)[crop], (w - c) // 2
+        return normalize(TF.crop(video, top, left, c, c), self.mean, self.std)

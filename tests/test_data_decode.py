@@ -1,0 +1,107 @@
+import os
+import time
+
+import numpy as np
+import pytest
+from videos import REAL, REAL_FRAMES, REAL_HEADER, corrupt, frame_index, write_video
+
+from mar.data.decode import DecodeError, PyAVBackend, available_backends, make_backend
+
+BACKENDS = available_backends()
+
+
+def test_pyav_is_always_available():
+    assert "pyav" in BACKENDS
+    with pytest.raises(ValueError, match="unknown decoder backend"):
+        make_backend("decord")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", sorted(REAL_FRAMES))
+def test_real_files_count_decodable_frames_and_seek_exactly(backend, name):
+    dec = make_backend(backend)
+    path = REAL / name
+    info = dec.probe(path)
+    # never the header's count: tree.avi's header claims 444, 68 exist
+    assert info.num_frames == REAL_FRAMES[name]
+    if backend == "pyav":
+        assert info.header_frames == REAL_HEADER[name]
+    everything = dec.read(path, list(range(info.num_frames)), info)
+    assert everything.shape[0] == info.num_frames and everything.dtype == np.uint8
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        idx = sorted(rng.choice(info.num_frames, 6, replace=False).tolist())
+        assert np.array_equal(dec.read(path, idx, info), everything[idx])
+    # a request past the last frame repeats the last one
+    tail = dec.read(path, [info.num_frames - 1, info.num_frames + 5], info)
+    assert np.array_equal(tail[0], tail[1])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_synthetic_h264_with_b_frames_is_frame_exact(tmp_path, backend):
+    path = write_video(tmp_path / "clip.mp4", num_frames=40, gop=6, bframes=3)
+    dec = make_backend(backend)
+    info = dec.probe(path)
+    assert info.num_frames == 40
+    for idx in ([0, 1, 2], [7, 13, 29, 39], [39, 12, 12, 5]):
+        assert [frame_index(f) for f in dec.read(path, idx, info)] == idx
+
+
+def test_variable_frame_rate_uses_presentation_order(tmp_path):
+    stamps = [0, 40, 50, 200, 210, 400, 1000, 1010, 1020, 1500, 1510, 2300]
+    path = write_video(tmp_path / "vfr.mkv", num_frames=len(stamps), gop=4, stamps=stamps)
+    dec = make_backend("pyav")
+    info = dec.probe(path)
+    assert info.num_frames == len(stamps)
+    idx = [11, 0, 6, 5, 9]
+    assert [frame_index(f) for f in dec.read(path, idx, info)] == idx
+
+
+def test_reading_late_frames_seeks_instead_of_decoding_from_the_start(tmp_path, monkeypatch):
+    path = write_video(tmp_path / "long.mp4", num_frames=60, gop=10, bframes=2)
+    dec = PyAVBackend()
+    starts = []
+    original = dec._decode_from
+
+    def spy(path, wanted, start, stamp):
+        result = original(path, wanted, start, stamp)
+        starts.append((start, result is not None))
+        return result
+
+    monkeypatch.setattr(dec, "_decode_from", spy)
+    frames = dec.read(path, [52, 55])
+    assert [frame_index(f) for f in frames] == [52, 55]
+    assert starts == [(50, True)]  # one decode, from the keyframe at 50, seek succeeded
+
+
+@pytest.mark.parametrize("kind", ["empty", "truncated", "not_video", "bitrot"])
+def test_damaged_files_raise_decode_errors_naming_the_file(tmp_path, kind):
+    src = REAL / ("bigbuckbunny.mp4" if kind != "truncated" else "bigbuckbunny.mp4")
+    path = corrupt(src, tmp_path / f"{kind}.mp4", kind)
+    dec = make_backend("pyav")
+    with pytest.raises(DecodeError, match=str(path)):
+        info = dec.probe(path)
+        dec.read(path, [0, 40, 80, 120], info)
+
+
+def test_truncated_avi_keeps_the_frames_that_exist(tmp_path):
+    path = corrupt(REAL / "Megamind.avi", tmp_path / "cut.avi", "truncated")
+    dec = make_backend("pyav")
+    info = dec.probe(path)
+    assert 0 < info.num_frames < 270
+    assert dec.read(path, [0, info.num_frames - 1], info).shape[0] == 2
+
+
+def test_things_that_would_hang_fail_fast(tmp_path):
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    start = time.monotonic()
+    with pytest.raises(DecodeError, match="not a regular file"):
+        make_backend("pyav").probe(fifo)
+    with pytest.raises(DecodeError, match="cannot open"):
+        make_backend("pyav").probe(tmp_path / "missing.mp4")
+    # a decode that runs past its time limit is abandoned
+    slow = PyAVBackend(timeout=1e-6)
+    with pytest.raises(DecodeError, match="took over"):
+        slow.read(REAL / "Megamind.avi", [0, 100, 200])
+    assert time.monotonic() - start < 10
