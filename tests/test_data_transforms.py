@@ -88,3 +88,25 @@ def test_to_tensor_layout():
     clip = np.zeros((4, 5, 6, 3), dtype=np.uint8)
     clip[1, 2, 3, 0] = 9
     assert to_tensor(clip)[1, 0, 2, 3] == 9
+
+
+def test_video_mixup_cutmix_boxes_cover_every_frame_and_targets_are_soft():
+    from mar.data.mixup import VideoMixup
+
+    np.random.seed(0)
+    video = torch.stack([torch.full((3, 4, 16, 16), float(i)) for i in range(4)])
+    labels = torch.tensor([0, 1, 2, 3])
+    cut = VideoMixup(num_classes=5, mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.1)
+    out, soft = cut(video, labels)
+    assert torch.allclose(soft.sum(1), torch.ones(4)) and soft.shape == (4, 5)
+    # sample 0 is pasted with sample 3 (the flipped batch) in one box, identical per frame
+    pasted = out[0, 0] == 3.0
+    assert pasted.any() and torch.equal(pasted, pasted[:1].expand_as(pasted))
+    lam = 1 - pasted[0].float().mean()
+    assert torch.allclose(soft[0, 0], lam * 0.92 + (1 - lam) * 0.02, atol=1e-5)
+    mix = VideoMixup(num_classes=5, mixup_alpha=0.8, cutmix_alpha=0.0, label_smoothing=0.0)
+    out, soft = mix(video, labels)
+    lam = soft[0, 0]
+    assert torch.allclose(out[0], lam * 0.0 + (1 - lam) * 3.0)
+    with pytest.raises(ValueError, match="even batch size"):
+        mix(video[:3], labels[:3])

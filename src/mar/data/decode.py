@@ -192,12 +192,25 @@ class TorchCodecBackend:
         n = len(decoder)
         if n == 0:
             raise DecodeError(f"{path}: no video frames")
-        clamped = [min(int(i), n - 1) for i in indices]
+        indices = [min(max(int(i), 0), n - 1) for i in indices]
         try:
-            batch = decoder.get_frames_at(indices=clamped)
-        except Exception as e:
-            raise DecodeError(f"{path}: decoding failed ({_short(e)})") from None
-        return batch.data.numpy()
+            return decoder.get_frames_at(indices=indices).data.numpy()
+        except Exception:
+            pass
+        # a frame the index promised but the stream does not hold: decode one by one and
+        # repeat the last good frame, as PyAV does, unless too many are missing
+        frames = {}
+        for i in sorted(set(indices)):
+            try:
+                frames[i] = decoder.get_frame_at(i).data.numpy()
+            except Exception:
+                continue
+        missing = len(set(indices)) - len(frames)
+        if not frames or missing > len(set(indices)) // 4:
+            raise DecodeError(f"{path}: {missing} of {len(set(indices))} requested frames "
+                              "do not decode")
+        return np.stack([frames[i] if i in frames else frames[_nearest(frames, i)]
+                         for i in indices])
 
 
 def _nearest(frames: dict[int, np.ndarray], i: int) -> int:
@@ -226,12 +239,15 @@ def available_backends() -> list[str]:
 
 
 def make_backend(name: str = "auto", timeout: float = 30.0):
-    """``pyav``, ``torchcodec`` or ``auto`` (torchcodec where it works, else PyAV)."""
+    """``pyav``, ``torchcodec`` or ``auto``: the first that works, in the order of
+    :data:`BACKENDS`. PyAV comes first: it is always installed, it was as fast as
+    torchcodec on our benchmark (docs/benchmarks.md), and torchcodec 0.17 numbers the
+    frames of AVI files with packed B-frames one off from the decoder's output order."""
     if name == "auto":
-        name = "torchcodec" if "torchcodec" in available_backends() else "pyav"
+        name = available_backends()[0]
     if name not in BACKENDS:
         raise ValueError(f"unknown decoder backend {name!r}; known: auto, {', '.join(BACKENDS)}")
     try:
         return BACKENDS[name](timeout=timeout)
-    except ImportError as e:
+    except Exception as e:  # ImportError, or torchcodec without a usable FFmpeg
         raise ValueError(f"decoder backend {name!r} is not usable here ({_short(e)})") from None
