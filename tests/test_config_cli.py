@@ -65,3 +65,22 @@ def test_console_script_prints_the_paper_table():
     rows = json.loads(exe.stdout)
     assert len(rows) >= 25
     assert all(abs(r["diff_percent"]) < 0.5 for r in rows)
+
+
+def test_data_section_builds_datasets_and_checks_consistency(tmp_path):
+    from videos import REAL
+
+    lst = tmp_path / "l.csv"
+    lst.write_text("bigbuckbunny.mp4 1\ntree.avi 0\n")
+    cfg = load_config(None, [f"data.root={REAL}", f"data.train_list={lst}",
+                             f"data.test_list={lst}", "data.test_clips=2",
+                             "data.sampling=segment", "model.num_frames=8",
+                             "data.num_frames=8", "data.crop_size=64", "model.img_size=64"])
+    train = cfg.data.dataset("train", mean=cfg.model.pixel_mean, std=cfg.model.pixel_std)
+    assert train[0]["video"].shape == (3, 8, 64, 64)
+    test = cfg.data.dataset("test", mean=cfg.model.pixel_mean, std=cfg.model.pixel_std)
+    assert len(test) == 2 * 2 * 3
+    with pytest.raises(ConfigError, match="data.val_list is not set"):
+        cfg.data.dataset("val", mean=cfg.model.pixel_mean, std=cfg.model.pixel_std)
+    with pytest.raises(ConfigError, match=r"data.num_frames \(16\) differs from model"):
+        load_config(None, ["model.num_frames=8"])

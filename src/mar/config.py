@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .masking import STRATEGIES, MaskingStrategy, make_masking
 from .models import SIZES, create_model
@@ -83,12 +83,83 @@ class MaskingConfig(_Section):
             raise ConfigError(f"masking: {e}") from None
 
 
+class DataConfig(_Section):
+    """A dataset and its pipeline (:mod:`mar.data`). Defaults: Kinetics-style dense
+    sampling (16 frames at stride 4), the official augmentation, 5 x 3 test views."""
+
+    root: str | None = None
+    train_list: str | None = None
+    val_list: str | None = None
+    test_list: str | None = None
+    class_names: str | None = None
+    sampling: Literal["dense", "segment"] = "dense"
+    num_frames: int = Field(16, gt=0)
+    stride: int = Field(4, gt=0)
+    segment_test_style: Literal["centre", "videomae", "mar"] = "centre"
+    crop_size: int = Field(224, gt=0)
+    short_side: int | None = Field(None, gt=0)
+    test_clips: int = Field(5, gt=0)
+    test_crops: int = Field(3, gt=0)
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (0.75, 1.3333)
+    flip_prob: float = Field(0.5, ge=0, le=1)
+    flip_pairs: list[tuple[int, int]] = []
+    rand_augment: str | None = "rand-m9-mstd0.5-inc1"
+    erase_prob: float = Field(0.25, ge=0, le=1)
+    repeats: int = Field(1, gt=0)
+    mixup: float = Field(0.8, ge=0)
+    cutmix: float = Field(1.0, ge=0)
+    mixup_prob: float = Field(1.0, ge=0, le=1)
+    mixup_switch_prob: float = Field(0.5, ge=0, le=1)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    backend: Literal["auto", "pyav", "torchcodec"] = "pyav"
+    decode_timeout: float = Field(30.0, gt=0)
+    max_retries: int = Field(10, ge=0)
+    num_workers: int = Field(8, ge=0)
+
+    def dataset(self, split: Literal["train", "val", "test"], *, mean, std, seed: int = 0):
+        """The :class:`mar.data.VideoDataset` of a split; ``val`` is single-view."""
+        from .data import ClipSampling, EvalTransform, TrainTransform, VideoDataset, read_list
+
+        path = {"train": self.train_list, "val": self.val_list, "test": self.test_list}[split]
+        if path is None:
+            raise ConfigError(f"data.{split}_list is not set")
+        records = read_list(path, self.root)
+        sampling = ClipSampling(self.sampling, self.num_frames, self.stride,
+                                self.segment_test_style)
+        common = dict(sampling=sampling, backend=self.backend,
+                      decode_timeout=self.decode_timeout, max_retries=self.max_retries,
+                      seed=seed)
+        if split == "train":
+            transform = TrainTransform(self.crop_size, self.scale, self.ratio, self.flip_prob,
+                                       tuple(self.flip_pairs), self.rand_augment,
+                                       self.erase_prob, tuple(mean), tuple(std))
+            return VideoDataset(records, train=True, train_transform=transform,
+                                repeats=self.repeats, **common)
+        clips, crops = (1, 1) if split == "val" else (self.test_clips, self.test_crops)
+        transform = EvalTransform(self.crop_size, crops, self.short_side, tuple(mean),
+                                  tuple(std))
+        return VideoDataset(records, train=False, eval_transform=transform, num_clips=clips,
+                            **common)
+
+
 class Config(_Section):
-    """A whole run. Later sections (data, optimisation, ...) join as they are built."""
+    """A whole run. Later sections (optimisation, ...) join as they are built."""
 
     model: ModelConfig = ModelConfig()
     masking: MaskingConfig = MaskingConfig()
     eval_masking: MaskingConfig | None = None
+    data: DataConfig = DataConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.data.num_frames != self.model.num_frames:
+            raise ValueError(f"data.num_frames ({self.data.num_frames}) differs from "
+                             f"model.num_frames ({self.model.num_frames})")
+        if self.data.crop_size != self.model.img_size:
+            raise ValueError(f"data.crop_size ({self.data.crop_size}) differs from "
+                             f"model.img_size ({self.model.img_size})")
+        return self
 
     def test_masking(self) -> MaskingStrategy:
         """The evaluation mask: ``eval_masking`` if set, else the training strategy."""
@@ -123,6 +194,8 @@ def _format(error: ValidationError, where: str) -> str:
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    if not loc:  # a check across sections
+        return f"{where}: {msg.removeprefix('Value error, ')}{more}"
     return f"{where}: {loc}: {msg}, got {first.get('input')!r}{more}"
 
 
