@@ -30,7 +30,7 @@ def test_defaults_file_and_overrides_layer(tmp_path):
     ("", ["masking.ratio=1.5"], r"masking.ratio: Input should be less than 1"),
     ("", ["trainer.lr=1"], r"trainer: unknown key"),
     ("model: [1, 2\n", [], "not valid YAML"),
-    ("", ["model.head=conv"], r"model.head: Input should be 'bridging', 'linear' or 'mlp'"),
+    ("", ["model.head=conv"], r"model.head: Input should be .bridging., .linear., .mlp. or .none."),
 ])
 def test_bad_configs_name_the_key(tmp_path, text, override, match):
     path = tmp_path / "bad.yaml"

@@ -201,3 +201,22 @@ def test_bad_inputs_fail_clearly():
     wrong = make_masking("cell_running", 0.5)(2, (4, 2, 2), train=False)
     with pytest.raises(ValueError, match="mask grid"):
         model(clip(), wrong)
+
+
+def test_pretraining_model_has_no_head_and_checkpointing_gives_same_gradients():
+    torch.manual_seed(0)
+    model = create_model("vit_nano", **TINY, head="none", decoder=True, drop_path=0.0)
+    assert model.head is None
+    mask = make_masking("tube", 0.75)(2, model.grid, generator=torch.Generator().manual_seed(0))
+    video = clip()
+    out = model(video, mask)
+    assert out.logits is None and out.pred.shape == out.target.shape
+    loss = mar_loss(out, torch.tensor([0, 1]), rec_weight=1.0)
+    assert loss.cls == 0 and torch.allclose(loss.total, loss.rec)
+    loss.total.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.encoder.grad_checkpointing = True
+    mar_loss(model(video, mask), torch.tensor([0, 1]), rec_weight=1.0).total.backward()
+    assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(grads, model.parameters(),
+                                                                    strict=True))

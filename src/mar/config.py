@@ -38,7 +38,7 @@ class ModelConfig(_Section):
     in_chans: int = Field(3, gt=0)
     drop_path: float = Field(0.0, ge=0, lt=1)
     final_norm: bool = True
-    head: Literal["bridging", "linear", "mlp"] = "bridging"
+    head: Literal["bridging", "linear", "mlp", "none"] = "bridging"
     head_width: int | None = Field(None, gt=0)
     head_depth: int | None = Field(None, ge=0)
     head_heads: int | None = Field(None, gt=0)

@@ -54,7 +54,9 @@ def measure_flops(model: MAR, mask: Mask) -> int:
     model.eval()
     try:
         with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
-            model.forward_head(model.forward_features(video, mask), mask)
+            tokens = model.forward_features(video, mask)
+            if model.head is not None:
+                model.forward_head(tokens, mask)
     finally:
         model.train(was_training)
     return counter.get_total_flops() // 2
@@ -83,6 +85,8 @@ def formula_flops(model: MAR, num_visible: int) -> int:
     if isinstance(enc.norm, nn.LayerNorm):
         total += _layer_norm(num_visible, d)
     head = model.head
+    if head is None:
+        return total
     if isinstance(head, LinearHead):
         return total + _layer_norm(1, d) + d * head.head.out_features
     width = head.proj.out_features

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..masking import Mask, gather_tokens
 from .layers import Block, init_vit_weights
@@ -35,6 +36,7 @@ class VideoEncoder(nn.Module):
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_path=r, norm_eps=norm_eps)
             for r in rates)
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps) if final_norm else nn.Identity()
+        self.grad_checkpointing = False  # recompute block activations in backward
         self.apply(init_vit_weights)
 
     @property
@@ -53,5 +55,8 @@ class VideoEncoder(nn.Module):
                                  f"{self.grid}")
             x = gather_tokens(x, mask.ids_keep)            # (B, N_visible, D)
         for block in self.blocks:
-            x = block(x)
+            if self.grad_checkpointing and self.training and x.requires_grad:
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
         return self.norm(x)

@@ -38,7 +38,7 @@ SIZES: dict[str, Size] = {
     "vit_huge": Size(1280, 32, 16, 640, 12, 8),
 }
 
-HEADS = ("bridging", "linear", "mlp")
+HEADS = ("bridging", "linear", "mlp", "none")
 
 
 def create_model(name: str = "vit_base", *, num_classes: int = 400, num_frames: int = 16,
@@ -54,7 +54,8 @@ def create_model(name: str = "vit_base", *, num_classes: int = 400, num_frames: 
                  pixel_std: tuple[float, ...] = IMAGENET_STD) -> MAR:
     """Build a MAR model, e.g. ``create_model("vit_base", num_classes=174, head="bridging")``.
 
-    ``head``: ``bridging`` (MAR), ``linear`` (VideoMAE's standard head) or ``mlp``.
+    ``head``: ``bridging`` (MAR), ``linear`` (VideoMAE's standard head), ``mlp``, or
+    ``none`` (no classifier: self-supervised pretraining, encoder + decoder only).
     ``head_width/depth/heads`` default to the size's bridging head (512 / 2 / 4 for
     ViT-S to H, as the official MAR configs). ``decoder=True`` adds the reconstruction
     branch with the VideoMAE decoder of that size; without it the model is the deploy
@@ -71,7 +72,9 @@ def create_model(name: str = "vit_base", *, num_classes: int = 400, num_frames: 
     dim, num_tokens = size.embed_dim, math.prod(encoder.grid)
     width = head_width or size.head_width
     depth = size.head_depth if head_depth is None else head_depth
-    if head == "linear":
+    if head == "none":
+        cls_head = None
+    elif head == "linear":
         cls_head = LinearHead(dim, num_classes, head_dropout)
     elif head == "mlp":
         cls_head = MLPHead(dim, num_classes, width, depth, head_dropout)

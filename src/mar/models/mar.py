@@ -15,10 +15,11 @@ from .patch_embed import IMAGENET_MEAN, IMAGENET_STD, reconstruction_target
 class MAROutput(NamedTuple):
     """What a model with a decoder returns.
 
-    logits: (B, K); pred and target: (B, N_masked, P), rows in ``mask.ids_mask`` order.
+    logits: (B, K), None without a head; pred and target: (B, N_masked, P), rows in
+    ``mask.ids_mask`` order.
     """
 
-    logits: Tensor
+    logits: Tensor | None
     pred: Tensor
     target: Tensor
 
@@ -31,7 +32,7 @@ class MAR(nn.Module):
     draws one; ``mask=None`` means every token is visible.
     """
 
-    def __init__(self, encoder: VideoEncoder, head: nn.Module,
+    def __init__(self, encoder: VideoEncoder, head: nn.Module | None,
                  decoder: ReconstructionDecoder | None = None, norm_target: bool = True,
                  pixel_mean: tuple[float, ...] = IMAGENET_MEAN,
                  pixel_std: tuple[float, ...] = IMAGENET_STD):
@@ -66,7 +67,7 @@ class MAR(nn.Module):
         if mask is None:
             mask = Mask.full(video.shape[0], self.grid, video.device)
         tokens = self.forward_features(video, mask)
-        logits = self.forward_head(tokens, mask)
+        logits = None if self.head is None else self.forward_head(tokens, mask)
         if self.decoder is None:
             return logits
         pred = self.decoder(tokens, mask)
