@@ -85,3 +85,40 @@ def corrupt(src: Path, dst: Path, kind: str, seed: int = 0) -> Path:
         raise ValueError(kind)
     Path(dst).write_bytes(data)
     return Path(dst)
+
+
+DIRECTIONS = ((0, 1), (0, -1), (1, 0), (-1, 0))  # right, left, down, up
+
+
+def write_moving_square(path, label: int, num_frames: int = 8, size: int = 32,
+                        seed: int = 0) -> Path:
+    """A bright square moving in direction ``DIRECTIONS[label]`` over a noisy background:
+    the class is in the motion, not in any single frame."""
+    rng = np.random.default_rng(seed)
+    dy, dx = DIRECTIONS[label]
+    side = size // 4
+    step = 2
+    travel = step * (num_frames - 1)
+    y0 = rng.integers(travel if dy < 0 else 0, size - side - (travel if dy > 0 else 0) + 1)
+    x0 = rng.integers(travel if dx < 0 else 0, size - side - (travel if dx > 0 else 0) + 1)
+    colour = rng.integers(150, 256, 3)
+    frames = rng.integers(0, 60, (num_frames, size, size, 3)).astype(np.uint8)
+    for t in range(num_frames):
+        y, x = y0 + dy * step * t, x0 + dx * step * t
+        frames[t, y:y + side, x:x + side] = colour
+    return write_pattern_video(path, frames)
+
+
+def moving_square_dataset(root, per_class: int, seed: int = 0, **kwargs) -> Path:
+    """``per_class`` videos of each of the 4 directions and a ``list.csv`` naming them."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for label in range(len(DIRECTIONS)):
+        for i in range(per_class):
+            name = f"{label}_{i}.mkv"
+            write_moving_square(root / name, label, seed=seed * 10_000 + label * 1000 + i,
+                                **kwargs)
+            lines.append(f"{name} {label}")
+    (root / "list.csv").write_text("\n".join(lines) + "\n")
+    return root / "list.csv"

@@ -139,6 +139,59 @@ def cmd_data_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .engine.trainer import train
+
+    path, overrides = _split_args(args.items)
+    if args.command == "pretrain":
+        overrides = ["train.task=pretrain", *overrides]
+    cfg = load_config(path, overrides)
+    if args.command == "train" and cfg.train.task == "pretrain":
+        raise ConfigError("train.task is 'pretrain': run `mar pretrain` for pretraining")
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    train(cfg, args.out, resume=args.resume == "auto", overwrite=args.overwrite)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .engine.weights import load_weights
+    from .engine.distributed import init_distributed
+    from .engine.trainer import print_summary, run_eval
+
+    path, overrides = _split_args(args.items)
+    cfg = load_config(path, overrides)
+    info = init_distributed(cfg.train.device)
+    model = cfg.model.build()
+    load_weights(model, args.checkpoint)
+    model.to(info.device)
+    out = Path(args.out) if args.out else None
+    if out is not None and info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    result = run_eval(cfg, model, args.split, info, out_dir=out)
+    if info.is_main:
+        print_summary(result.summary())
+        if out is not None:
+            (out / "eval.json").write_text(json.dumps(result.summary(), indent=1))
+    return 0
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("items", nargs="*", metavar="CONFIG [key=value]",
+                   help="a YAML config and dotted overrides, e.g. train.epochs=10")
+    p.add_argument("--out", required=True, help="the run directory")
+    p.add_argument("--resume", choices=["auto", "no"], default="no",
+                   help="auto: continue from the latest checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a non-empty --out (deletes its checkpoints)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config")
+    p.set_defaults(func=cmd_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mar", description="MAR: masked action recognition")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,6 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--markdown", action="store_true", help="with --paper: a Markdown table")
     p.set_defaults(func=cmd_flops)
+
+    _add_run_args(sub.add_parser("train", help="fine-tune (MAR or standard training)"))
+    _add_run_args(sub.add_parser("pretrain", help="self-supervised VideoMAE-style pretraining"))
+    p = sub.add_parser("eval", help="evaluate a checkpoint (multi-view test by default)")
+    p.add_argument("items", nargs="*", metavar="CONFIG [key=value]")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint or model directory")
+    p.add_argument("--split", choices=["test", "val"], default="test")
+    p.add_argument("--out", help="write eval.json, confusion.csv/png, per_class.json here")
+    p.set_defaults(func=cmd_eval)
 
     data = sub.add_parser("data", help="prepare, check and benchmark video datasets")
     dsub = data.add_subparsers(dest="data_command", required=True)
@@ -193,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ValueError, RuntimeError) as e:
+    except (ConfigError, ValueError, RuntimeError, FileNotFoundError) as e:
         print(f"mar {args.command}: error: {e}", file=sys.stderr)
         return 2
 

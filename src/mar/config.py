@@ -143,13 +143,52 @@ class DataConfig(_Section):
                             **common)
 
 
+class TrainConfig(_Section):
+    """Optimisation and bookkeeping (Table I). ``batch_size`` is per process; the
+    effective batch is batch_size x accum_steps x processes x data.repeats."""
+
+    task: Literal["finetune", "pretrain"] = "finetune"
+    epochs: int = Field(40, gt=0)
+    batch_size: int = Field(16, gt=0)
+    accum_steps: int = Field(1, gt=0)
+    base_lr: float = Field(1e-3, gt=0)
+    lr_scaling: bool = True  # the paper's rule: lr = base_lr x effective batch / 256
+    min_lr: float = Field(1e-6, ge=0)
+    warmup_epochs: float = Field(5.0, ge=0)
+    warmup_start_lr: float = Field(0.0, ge=0)  # VideoMAE 0; official MAR code 1e-6
+    weight_decay: float = Field(0.05, ge=0)
+    layer_decay: float = Field(0.75, gt=0, le=1)
+    layer_decay_policy: Literal["paper", "official"] = "paper"
+    betas: tuple[float, float] = (0.9, 0.999)
+    clip_grad: float | None = Field(None, gt=0)
+    rec_weight: float = Field(0.1, ge=0)  # lambda of eq. 5 (SSv2 0.1, K400 0.01)
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    grad_checkpointing: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    eval_every: int = Field(1, gt=0)  # epochs
+    save_every: int | None = Field(None, gt=0)  # optimizer steps; also every epoch end
+    keep_last: int = Field(3, gt=0)
+    log_every: int = Field(10, gt=0)
+    max_steps: int | None = Field(None, gt=0)  # stop early (smoke tests, demos)
+    device: str = "auto"
+    init: str | None = None  # weights to start from (a mar checkpoint or model directory)
+
+
+class EvalConfig(_Section):
+    merge: Literal["mean", "sum"] = "mean"  # VideoMAE averages views; official MAR sums
+    batch_size: int = Field(8, gt=0)
+
+
 class Config(_Section):
-    """A whole run. Later sections (optimisation, ...) join as they are built."""
+    """A whole run."""
 
     model: ModelConfig = ModelConfig()
     masking: MaskingConfig = MaskingConfig()
     eval_masking: MaskingConfig | None = None
     data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")
     def _consistent(self):

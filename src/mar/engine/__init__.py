@@ -1,0 +1,1 @@
+"""The training engine: optimisation, schedule, checkpoints, the loop, evaluation."""

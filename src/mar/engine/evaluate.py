@@ -1,0 +1,144 @@
+"""The evaluation loop: per-view softmax scores, merged per video across all ranks.
+
+Views come from the data pipeline tagged with their video index; each rank scores its
+share, the scores are gathered in memory (no text files), and a video's score is the
+mean (or sum, as the official MAR code) of its views' softmax. Views of a file that did
+not decode are left out and counted.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..masking import MaskingStrategy
+from .distributed import DistInfo, all_gather_objects
+
+
+@dataclass
+class EvalResult:
+    clip_top1: float
+    clip_top5: float
+    video_top1: float
+    video_top5: float
+    num_videos: int
+    num_views: int
+    skipped_views: int
+    per_class: list[float] = field(repr=False)
+    confusion: np.ndarray = field(repr=False)
+
+    def summary(self) -> dict:
+        return {"clip_top1": self.clip_top1, "clip_top5": self.clip_top5,
+                "video_top1": self.video_top1, "video_top5": self.video_top5,
+                "videos": self.num_videos, "views": self.num_views,
+                "skipped_views": self.skipped_views}
+
+
+def topk_correct(scores: Tensor, labels: Tensor, k: int) -> Tensor:
+    """(N, K) scores, (N,) labels -> (N,) bool: label among the top k."""
+    k = min(k, scores.shape[1])
+    return (scores.topk(k, dim=1).indices == labels[:, None]).any(1)
+
+
+def merge_views(scores: Tensor, video: Tensor, labels: Tensor, valid: Tensor,
+                method: str = "mean") -> tuple[Tensor, Tensor, Tensor]:
+    """Per-view scores (V, K) -> per-video scores (N, K), labels (N,), video ids (N,).
+
+    Invalid views are dropped; a video with no valid view is dropped. ``mean`` averages
+    its views' scores, ``sum`` adds them (same ranking, different scale).
+    """
+    if method not in ("mean", "sum"):
+        raise ValueError(f"unknown merge method {method!r}; known: mean, sum")
+    scores, video, labels = scores[valid], video[valid], labels[valid]
+    ids, inverse = torch.unique(video, return_inverse=True)
+    merged = torch.zeros(len(ids), scores.shape[1], dtype=scores.dtype)
+    merged.index_add_(0, inverse, scores)
+    if method == "mean":
+        merged /= torch.bincount(inverse, minlength=len(ids)).unsqueeze(1).to(scores.dtype)
+    video_labels = torch.zeros(len(ids), dtype=labels.dtype).scatter_(0, inverse, labels)
+    return merged, video_labels, ids
+
+
+@torch.no_grad()
+def predict_views(model, loader, masking: MaskingStrategy, device, amp_dtype=None,
+                  progress=None) -> dict[str, Tensor]:
+    """Softmax scores of every view this rank sees, with their tags, on the CPU."""
+    model.eval()
+    out = {"scores": [], "video": [], "label": [], "valid": []}
+    for batch in loader:
+        video = batch["video"].to(device, non_blocking=True)
+        mask = masking(video.shape[0], model.grid, train=False).to(device)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model.forward_head(model.forward_features(video, mask), mask)
+        out["scores"].append(logits.float().softmax(-1).cpu())
+        out["video"].append(batch["index"])
+        out["label"].append(batch["label"])
+        out["valid"].append(batch["valid"])
+        if progress:
+            progress(video.shape[0])
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def evaluate(model, loader, masking: MaskingStrategy, info: DistInfo, num_classes: int,
+             merge: str = "mean", amp_dtype=None, progress=None) -> EvalResult:
+    """Top-1/5 at clip (view) and video level, per-class accuracy and confusion matrix,
+    over all ranks' views."""
+    local = predict_views(model, loader, masking, info.device, amp_dtype, progress)
+    parts = all_gather_objects(local, info)
+    views = {k: torch.cat([p[k] for p in parts]) for k in local}
+    valid = views["valid"]
+    scores, labels = views["scores"][valid], views["label"][valid]
+    clip1 = topk_correct(scores, labels, 1).float().mean().item() if len(scores) else 0.0
+    clip5 = topk_correct(scores, labels, 5).float().mean().item() if len(scores) else 0.0
+    vscores, vlabels, _ = merge_views(views["scores"], views["video"], views["label"], valid,
+                                      merge)
+    pred = vscores.argmax(1)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (vlabels.numpy(), pred.numpy()), 1)
+    totals = confusion.sum(1)
+    per_class = [float(confusion[c, c] / totals[c]) if totals[c] else float("nan")
+                 for c in range(num_classes)]
+    n = len(vlabels)
+    return EvalResult(
+        100 * clip1, 100 * clip5,
+        100 * topk_correct(vscores, vlabels, 1).float().mean().item() if n else 0.0,
+        100 * topk_correct(vscores, vlabels, 5).float().mean().item() if n else 0.0,
+        n, int(valid.sum()), int((~valid).sum()), per_class, confusion)
+
+
+def save_confusion(result: EvalResult, out_dir: str | Path,
+                   class_names: list[str] | None = None) -> tuple[Path, Path]:
+    """``confusion.csv`` (rows: true class, columns: predicted) and ``confusion.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    k = result.confusion.shape[0]
+    names = class_names or [str(i) for i in range(k)]
+    csv_path, png_path = out_dir / "confusion.csv", out_dir / "confusion.png"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true \\ predicted", *names, "accuracy"])
+        for i, row in enumerate(result.confusion):
+            writer.writerow([names[i], *row.tolist(), f"{result.per_class[i]:.4f}"])
+    rows = result.confusion / np.maximum(result.confusion.sum(1, keepdims=True), 1)
+    size = min(4 + 0.25 * k, 40)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"Confusion (row-normalised), video top-1 {result.video_top1:.2f}%")
+    if k <= 40:
+        ax.set_xticks(range(k), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(k), names, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return csv_path, png_path
