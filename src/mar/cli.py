@@ -159,9 +159,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .engine.weights import load_weights
     from .engine.distributed import init_distributed
     from .engine.trainer import print_summary, run_eval
+    from .engine.weights import load_weights
 
     path, overrides = _split_args(args.items)
     cfg = load_config(path, overrides)
