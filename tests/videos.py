@@ -91,13 +91,12 @@ DIRECTIONS = ((0, 1), (0, -1), (1, 0), (-1, 0))  # right, left, down, up
 
 
 def write_moving_square(path, label: int, num_frames: int = 8, size: int = 32,
-                        seed: int = 0) -> Path:
+                        seed: int = 0, step: int = 3) -> Path:
     """A bright square moving in direction ``DIRECTIONS[label]`` over a noisy background:
     the class is in the motion, not in any single frame."""
     rng = np.random.default_rng(seed)
     dy, dx = DIRECTIONS[label]
     side = size // 4
-    step = 2
     travel = step * (num_frames - 1)
     y0 = rng.integers(travel if dy < 0 else 0, size - side - (travel if dy > 0 else 0) + 1)
     x0 = rng.integers(travel if dx < 0 else 0, size - side - (travel if dx > 0 else 0) + 1)

@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ValueError, RuntimeError, FileNotFoundError) as e:
+    except (ConfigError, ValueError, RuntimeError, OSError) as e:
         print(f"mar {args.command}: error: {e}", file=sys.stderr)
         return 2
 
