@@ -180,6 +180,96 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .inference import eval_masking, find_videos, load_run, predict
+
+    model, cfg = load_run(args.checkpoint, args.config, args.set)
+    names = None
+    if args.class_names or cfg.data.class_names:
+        from .data import read_class_names
+
+        names = read_class_names(args.class_names or cfg.data.class_names)
+    videos = find_videos(args.videos)
+    results = predict(model, cfg, videos, eval_masking(cfg, args.mask_ratio), args.topk)
+
+    def label(c: int) -> str:
+        return names[c] if names and c < len(names) else str(c)
+
+    if args.json:
+        print(json.dumps([{"video": r.path, "views": r.views, "error": r.error,
+                           "top": [{"class": c, "name": label(c), "prob": round(p, 5)}
+                                   for c, p in zip(r.classes, r.probs, strict=True)]}
+                          for r in results], indent=1))
+    else:
+        table = Table(title=f"top-{args.topk} ({cfg.data.test_clips} x {cfg.data.test_crops} "
+                      "views per video)")
+        table.add_column("video")
+        table.add_column("prediction")
+        for r in results:
+            text = r.error or ", ".join(f"{label(c)} {p:.1%}"
+                                        for c, p in zip(r.classes, r.probs, strict=True))
+            table.add_row(r.path, text)
+        Console().print(table)
+    return 0 if all(r.error is None for r in results) else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .inference import eval_masking, export_onnx, load_run
+
+    model, cfg = load_run(args.checkpoint, args.config, args.set)
+    masking = eval_masking(cfg, args.mask_ratio)
+    path = export_onnx(model, masking, args.out, args.opset)
+    mask = masking(1, model.grid, train=False)
+    print(f"wrote {path}: input 'video' (batch, 3, {cfg.model.num_frames}, "
+          f"{cfg.model.img_size}, {cfg.model.img_size}) normalised with mean "
+          f"{cfg.model.pixel_mean} and std {cfg.model.pixel_std}; output 'logits' "
+          f"(batch, {cfg.model.num_classes}); {masking.name} mask, {mask.num_visible} of "
+          f"{mask.num_tokens} tokens visible")
+    return 0
+
+
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .masking import make_masking
+    from .visualize import mask_picture, reconstruct, reconstruction_figure
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.masks:
+        grid = tuple(args.grid)
+        strategies = {n: make_masking(n, args.mask_ratio if args.mask_ratio is not None
+                                      else 0.5) for n in args.masks}
+        path = mask_picture(strategies, grid, out / "masks.png", train=args.train_masks,
+                            seed=args.seed)
+        print(f"wrote {path}")
+    if args.video:
+        from .data import ClipSampling, EvalTransform, VideoDataset, VideoRecord
+        from .inference import eval_masking, load_run
+
+        if not args.checkpoint:
+            raise ValueError("--checkpoint is needed to reconstruct a video")
+        model, cfg = load_run(args.checkpoint, args.config, args.set)
+        dc = cfg.data
+        data = VideoDataset([VideoRecord(args.video, 0)], train=False,
+                            sampling=ClipSampling(dc.sampling, dc.num_frames, dc.stride),
+                            eval_transform=EvalTransform(dc.crop_size, 1, None,
+                                                         cfg.model.pixel_mean,
+                                                         cfg.model.pixel_std))
+        item = data[0]
+        if not item["valid"]:
+            raise ValueError(f"{args.video}: could not be decoded")
+        masking = eval_masking(cfg, args.mask_ratio)
+        mask = masking(1, model.grid, train=False)
+        clips = reconstruct(model, item["video"][None], mask)
+        for path in reconstruction_figure(*clips, out / "reconstruction.png",
+                                          out / "reconstruction.mp4"):
+            print(f"wrote {path}")
+    if not args.masks and not args.video:
+        raise ValueError("nothing to draw: give a VIDEO (with --checkpoint) and/or --masks")
+    return 0
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("items", nargs="*", metavar="CONFIG [key=value]",
                    help="a YAML config and dotted overrides, e.g. train.epochs=10")
@@ -215,6 +305,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--out", help="write eval.json, confusion.csv/png, per_class.json here")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="top-k classes of video files")
+    p.add_argument("videos", nargs="+", help="video files and/or folders of videos")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint or model directory")
+    p.add_argument("--config", help="the run's config (default: found beside the weights)")
+    p.add_argument("--class-names", help="class-name file (default: data.class_names)")
+    p.add_argument("--mask-ratio", type=float, help="cell running at this ratio "
+                   "(default: the config's test mask)")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set data.test_clips=2")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("export", help="export the masked inference path (ONNX)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--config")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--mask-ratio", type=float)
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_export)
+    p = sub.add_parser("visualize", help="masks (Fig. 3-4) and reconstructions (Fig. 6)")
+    p.add_argument("video", nargs="?", help="a video to reconstruct (needs --checkpoint)")
+    p.add_argument("--checkpoint")
+    p.add_argument("--config")
+    p.add_argument("--mask-ratio", type=float)
+    p.add_argument("--masks", nargs="+", metavar="STRATEGY",
+                   help="draw these masking strategies, e.g. cell_running tube random")
+    p.add_argument("--grid", type=int, nargs=3, default=[8, 14, 14], metavar=("T", "H", "W"))
+    p.add_argument("--train-masks", action="store_true",
+                   help="draw training masks (random start states, shuffles) instead of eval")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_visualize)
 
     data = sub.add_parser("data", help="prepare, check and benchmark video datasets")
     dsub = data.add_subparsers(dest="data_command", required=True)

@@ -1,0 +1,121 @@
+"""predict / export / visualize end to end on the real test videos with a tiny model."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from videos import REAL
+
+from mar import create_model, make_masking
+from mar.data import make_backend
+from mar.inference import MaskedClassifier, export_onnx, load_run
+
+KWARGS = {"name": "vit_nano", "num_classes": 6, "num_frames": 8, "img_size": 64,
+          "patch_size": 16, "decoder": True}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    model = create_model(**KWARGS)
+    save_file(model.state_dict(), str(d / "model.safetensors"))
+    (d / "config.json").write_text(json.dumps(KWARGS))
+    (d / "classes.txt").write_text("\n".join(f"class {i}" for i in range(6)) + "\n")
+    return d
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "mar.cli", *args], capture_output=True,
+                          text=True)
+
+
+def test_load_run_rebuilds_the_saved_model(model_dir):
+    model, cfg = load_run(model_dir)
+    assert cfg.model.num_classes == 6 and model.decoder is not None
+    ref = create_model(**KWARGS)
+    ref.load_state_dict(model.state_dict())
+    x = torch.randn(1, 3, 8, 64, 64)
+    mask = make_masking("cell_running", 0.5)(1, model.grid, train=False)
+    assert torch.equal(model(x, mask).logits, ref.eval()(x, mask).logits)
+
+
+def test_predict_on_real_videos_and_a_folder(model_dir, tmp_path):
+    out = run("predict", str(REAL / "bigbuckbunny.mp4"), str(REAL / "tree.avi"),
+              "--checkpoint", str(model_dir), "--class-names", str(model_dir / "classes.txt"),
+              "--topk", "3", "--json", "--set", "data.test_clips=2")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert [r["video"].split("/")[-1] for r in rows] == ["bigbuckbunny.mp4", "tree.avi"]
+    for r in rows:
+        probs = [t["prob"] for t in r["top"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1
+        assert r["top"][0]["name"].startswith("class ")
+    folder = run("predict", str(REAL), "--checkpoint", str(model_dir), "--json",
+                 "--set", "data.test_clips=1", "--set", "data.test_crops=1")
+    # the folder holds 4 videos; every one decodes
+    assert folder.returncode == 0 and len(json.loads(folder.stdout)) == 4
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    broken = run("predict", str(bad), "--checkpoint", str(model_dir), "--json")
+    assert broken.returncode == 1 and json.loads(broken.stdout)[0]["error"]
+
+
+def test_predict_errors(model_dir, tmp_path):
+    out = run("predict", str(tmp_path / "nothing.mp4"), "--checkpoint", str(model_dir))
+    assert out.returncode == 2 and "no such file" in out.stderr
+    out = run("predict", str(REAL / "tree.avi"), "--checkpoint", str(tmp_path))
+    assert out.returncode == 2 and "no model.safetensors" in out.stderr
+
+
+def test_onnx_export_matches_pytorch_with_a_dynamic_batch(model_dir, tmp_path):
+    import onnxruntime as ort
+
+    path = tmp_path / "mar.onnx"
+    out = run("export", "--checkpoint", str(model_dir), "--out", str(path),
+              "--mask-ratio", "0.5")
+    assert out.returncode == 0, out.stderr
+    assert "32 of 64 tokens visible" in out.stdout
+    model, _ = load_run(model_dir)
+    session = ort.InferenceSession(str(path))
+    mask = make_masking("cell_running", 0.5)
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 8, 64, 64)
+        ref = model.forward_head(model.forward_features(x, m := mask(batch, model.grid,
+                                                                     train=False)), m)
+        got = session.run(None, {"video": x.numpy()})[0]
+        assert got.shape == (batch, 6)
+        assert np.abs(got - ref.detach().numpy()).max() < 1e-4
+
+
+def test_masked_classifier_is_the_deploy_path():
+    model = create_model("vit_nano", num_classes=3, num_frames=8, img_size=32,
+                         patch_size=8).eval()
+    mask = make_masking("cell_running", 0.75)(1, model.grid, train=False)
+    wrapper = MaskedClassifier(model, mask)
+    x = torch.randn(2, 3, 8, 32, 32)
+    full = make_masking("cell_running", 0.75)(2, model.grid, train=False)
+    assert torch.allclose(wrapper(x), model(x, full))
+    with pytest.raises(ValueError):
+        export_onnx(create_model("vit_nano", num_classes=3, num_frames=8, img_size=32,
+                                 patch_size=8), make_masking("cell_running", 0.6),
+                    "/tmp/never.onnx")
+
+
+def test_visualize_masks_and_reconstruction(model_dir, tmp_path):
+    out = run("visualize", str(REAL / "bigbuckbunny.mp4"), "--checkpoint", str(model_dir),
+              "--masks", "cell_running", "tube", "random", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    masks = Image.open(tmp_path / "masks.png")
+    assert masks.size[0] > 500 and masks.size[1] > 200
+    rec = Image.open(tmp_path / "reconstruction.png")
+    assert rec.size[0] > 300
+    info = make_backend("pyav").probe(tmp_path / "reconstruction.mp4")
+    assert info.num_frames == 8 and info.width == 3 * 64
+    none = run("visualize", "--out", str(tmp_path))
+    assert none.returncode == 2 and "nothing to draw" in none.stderr
