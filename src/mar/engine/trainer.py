@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import resource
 import time
 from pathlib import Path
 
@@ -109,6 +110,8 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False,
     if info.is_main:
         prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
         save_config(cfg, run_dir / "config.yaml")
+        print(f"resolved config (saved as {run_dir / 'config.yaml'}):\n"
+              + (run_dir / "config.yaml").read_text())
     barrier(info)
     start_time = time.perf_counter()
 
@@ -300,10 +303,12 @@ def _summary(cfg: Config, model, info: DistInfo, start: float, skipped: list, be
     mask = cfg.test_masking()(1, model.grid, train=False)
     views = cfg.data.test_clips * cfg.data.test_crops
     params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("decoder."))
-    peak = (torch.cuda.max_memory_allocated(info.device) / 2**30
-            if info.device.type == "cuda" else None)
+    if info.device.type == "cuda":
+        peak, kind = torch.cuda.max_memory_allocated(info.device) / 2**30, "gpu"
+    else:  # the process's peak resident memory (Linux reports KiB)
+        peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "cpu_rss"
     return {"gflops_per_view": formula_flops(model, mask.num_visible) / 1e9,
-            "views": views, "params_m": params / 1e6, "peak_memory_gib": peak,
+            "views": views, "params_m": params / 1e6, f"peak_memory_{kind}_gib": peak,
             "wall_time_s": time.perf_counter() - start,
             "skipped_videos": len(skipped), "skipped_files": sorted(set(skipped))[:20],
             "best_val_top1": best}
