@@ -130,3 +130,17 @@ def test_real_files_through_the_full_training_pipeline():
         item = ds[i]
         assert item["video"].shape == (3, 16, 224, 224) and item["skipped"] == []
         assert torch.isfinite(item["video"]).all()
+
+
+def test_decoded_cache_gives_the_same_items(videos, monkeypatch):
+    good, _ = videos
+    records = [VideoRecord(str(p), i) for i, p in enumerate(good)]
+    kw = dict(train=True, sampling=ClipSampling("dense", 4, 2), train_transform=SMALL, seed=3)
+    plain, cached = VideoDataset(records, **kw), VideoDataset(records, cache=True, **kw)
+    first = [cached[i]["video"] for i in range(4)]
+    calls = []
+    monkeypatch.setattr(cached.backend, "read", lambda *a, **k: calls.append(a))
+    for i in range(4):
+        assert torch.equal(cached[i]["video"], first[i])
+        assert torch.equal(plain[i]["video"], first[i])
+    assert calls == []  # served from memory

@@ -8,6 +8,7 @@ import sys
 
 from rich.console import Console
 from rich.table import Table
+from tqdm import tqdm
 
 from .config import ConfigError, load_config
 
@@ -270,6 +271,30 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(out=args.out, data=args.data, model=args.model, size=args.size,
+                        num_frames=args.frames, patch_size=args.patch_size,
+                        per_class_train=args.per_class, per_class_val=args.per_class_val,
+                        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                        seed=args.seed, workers=args.workers))
+    return 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from .data.synth import CLASSES, SynthConfig, synthesize
+
+    cfg = SynthConfig(args.frames, args.size, args.fps, args.per_class_train,
+                      args.per_class_val, args.seed)
+    with tqdm(total=len(CLASSES) * (cfg.per_class_train + cfg.per_class_val),
+              desc="synthesizing videos") as bar:
+        made = synthesize(args.out, cfg, progress=bar.update)
+    print(f"{'cached' if made['cached'] else 'wrote'} {args.out}: train.csv, val.csv, "
+          f"classes.txt ({len(CLASSES)} classes)")
+    return 0
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("items", nargs="*", metavar="CONFIG [key=value]",
                    help="a YAML config and dotted overrides, e.g. train.epochs=10")
@@ -305,6 +330,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--out", help="write eval.json, confusion.csv/png, per_class.json here")
     p.set_defaults(func=cmd_eval)
+
+    from .demo import DemoConfig
+
+    d = DemoConfig()
+    p = sub.add_parser("demo", help="MAR vs standard training on synthetic videos, on a CPU")
+    p.add_argument("--out", default=d.out, help="output folder (default: %(default)s)")
+    p.add_argument("--data", help="where the synthetic videos are cached (default: OUT/data)")
+    p.add_argument("--model", default=d.model)
+    p.add_argument("--size", type=int, default=d.size, help="frame size in pixels")
+    p.add_argument("--frames", type=int, default=d.num_frames)
+    p.add_argument("--patch-size", type=int, default=d.patch_size)
+    p.add_argument("--per-class", type=int, default=d.per_class_train,
+                   help="training videos per class")
+    p.add_argument("--per-class-val", type=int, default=d.per_class_val)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--workers", type=int, default=d.workers, help="data loader workers")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("predict", help="top-k classes of video files")
     p.add_argument("videos", nargs="+", help="video files and/or folders of videos")
@@ -351,6 +396,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="where to write the lists")
     p.add_argument("--split", type=int, default=1, help="UCF101/HMDB51 split (1-3)")
     p.set_defaults(func=cmd_data_prepare)
+    p = dsub.add_parser("synth", help="write the synthetic action benchmark (H.264 + lists)")
+    p.add_argument("out")
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--fps", type=int, default=12)
+    p.add_argument("--per-class-train", type=int, default=40)
+    p.add_argument("--per-class-val", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_data_synth)
     p = dsub.add_parser("check", help="decode every video of a list; report bad files")
     p.add_argument("list")
     p.add_argument("--root", help="prefix for relative paths in the list")

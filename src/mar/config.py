@@ -116,6 +116,7 @@ class DataConfig(_Section):
     decode_timeout: float = Field(30.0, gt=0)
     max_retries: int = Field(10, ge=0)
     num_workers: int = Field(8, ge=0)
+    cache_decoded: bool = False  # keep decoded videos in memory (small datasets only)
 
     def dataset(self, split: Literal["train", "val", "test"], *, mean, std, seed: int = 0):
         """The :class:`mar.data.VideoDataset` of a split; ``val`` is single-view."""
@@ -129,7 +130,7 @@ class DataConfig(_Section):
                                 self.segment_test_style)
         common = dict(sampling=sampling, backend=self.backend,
                       decode_timeout=self.decode_timeout, max_retries=self.max_retries,
-                      seed=seed)
+                      seed=seed, cache=self.cache_decoded)
         if split == "train":
             transform = TrainTransform(self.crop_size, self.scale, self.ratio, self.flip_prob,
                                        tuple(self.flip_pairs), self.rand_augment,

@@ -56,6 +56,11 @@ class VideoDataset(Dataset):
 
     Randomness: item i in epoch e draws from a generator seeded by (seed, e, i), so a
     run is reproducible whatever the worker count; call :meth:`set_epoch` each epoch.
+
+    ``cache=True`` keeps every decoded video in memory (all its frames, decoded once): for
+    small datasets such as the synthetic benchmark, where decoding dominates. Each
+    DataLoader worker holds its own cache, so use it with ``num_workers=0`` or persistent
+    workers.
     """
 
     def __init__(self, records: list[VideoRecord], *, train: bool,
@@ -63,7 +68,7 @@ class VideoDataset(Dataset):
                  train_transform: TrainTransform | None = None,
                  eval_transform: EvalTransform | None = None, num_clips: int = 1,
                  repeats: int = 1, backend: str = "pyav", decode_timeout: float = 30.0,
-                 max_retries: int = 10, seed: int = 0):
+                 max_retries: int = 10, seed: int = 0, cache: bool = False):
         if not records:
             raise ValueError("dataset: no videos")
         self.records = list(records)
@@ -79,6 +84,8 @@ class VideoDataset(Dataset):
         self.max_retries = max_retries
         self.seed = seed
         self.epoch = 0
+        self.cache = cache
+        self._decoded: dict[int, np.ndarray] = {}
         self._backend = None
         self._warned: set[str] = set()
 
@@ -104,9 +111,17 @@ class VideoDataset(Dataset):
             warnings.warn(f"skipping unreadable video: {error}", stacklevel=3)
 
     def _decode(self, record: VideoRecord, **sample) -> np.ndarray:
+        key = id(record)
+        if self.cache and key in self._decoded:
+            frames = self._decoded[key]
+            indices = self.sampling.indices(len(frames), train=self.train, **sample)
+            return frames[indices]
         info = self.backend.probe(record.path)
         if info.num_frames == 0:
             raise DecodeError(f"{record.path}: no video frames")
+        if self.cache:
+            self._decoded[key] = self.backend.read(record.path, range(info.num_frames), info)
+            return self._decode(record, **sample)
         indices = self.sampling.indices(info.num_frames, train=self.train, **sample)
         return self.backend.read(record.path, indices, info)
 

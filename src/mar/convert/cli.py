@@ -1,0 +1,69 @@
+"""``mar convert SRC DST``: a checkpoint in any supported format to a mar model directory."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .formats import FORMAT_NAMES
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "convert", help="convert VideoMAE / transformers / image-MAE / official MAR weights",
+        description="Convert a checkpoint into a mar model directory (model.safetensors + "
+        "config.json), loading strictly and printing what happened to every key. Example, "
+        "a VideoMAE pretraining checkpoint as the start of MAR on SSv2: `mar convert "
+        "checkpoint.pth mar-vitb-ssv2/ --num-classes 174 --decoder`.")
+    p.add_argument("src", help="a .pth/.bin/.safetensors file or a transformers model directory")
+    p.add_argument("dst", help="the mar model directory to write")
+    p.add_argument("--format", choices=["auto", *FORMAT_NAMES], default="auto",
+                   help="videomae (official .pth), hf (transformers), mae (image ViT/MAE), "
+                   "mar (official MAR code); default: detected")
+    p.add_argument("--num-classes", type=int, help="classes of the head (required when the "
+                   "checkpoint has no classifier)")
+    p.add_argument("--head", choices=["bridging", "linear", "mlp", "none"],
+                   help="the classifier to build (default: the checkpoint's, else bridging)")
+    p.add_argument("--drop-head", action="store_true",
+                   help="do not load the checkpoint's classifier; start a new head")
+    p.add_argument("--decoder", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep (or add) the reconstruction decoder; --no-decoder drops it "
+                   "(default: keep it if the checkpoint has one)")
+    p.add_argument("--num-frames", type=int, help="frames per clip (default: the transformers "
+                   "config's, else 16)")
+    p.add_argument("--img-size", type=int, help="frame size (default: the transformers "
+                   "config's, else 224)")
+    p.add_argument("--tubelet-size", type=int, default=2,
+                   help="frames per tubelet when inflating 2-D image weights (default: 2)")
+    p.add_argument("--allow-unexpected", action="store_true",
+                   help="convert even if some keys of the file are used by no rule (listed)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    p.set_defaults(func=cmd_convert)
+    return p
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Convert, save, print the report; on failure a one-line error and exit code 1."""
+    from .convert import convert_checkpoint
+    from .model_dir import save_model
+    from .report import ConversionError
+
+    try:
+        model, report = convert_checkpoint(
+            args.src, format=args.format, num_classes=args.num_classes,
+            drop_head=args.drop_head, decoder=args.decoder, num_frames=args.num_frames,
+            img_size=args.img_size, head=args.head, tubelet_size=args.tubelet_size,
+            allow_unexpected=args.allow_unexpected)
+        save_model(model, report.config, args.dst, overwrite=args.overwrite, report=report)
+    except (ConversionError, OSError) as e:
+        if getattr(e, "report", None) is not None:
+            print("\n".join(e.report.lines()))
+        print(f"mar convert: error: {e}", file=sys.stderr)
+        return 1
+    print("\n".join(report.lines()))
+    cfg = report.config
+    print(f"wrote {args.dst}: {cfg['name']}, head {cfg['head']}"
+          + (f" ({cfg['num_classes']} classes)" if cfg["head"] != "none" else "")
+          + (", with decoder" if cfg["decoder"] else "")
+          + f", {cfg['num_frames']}x{cfg['img_size']}x{cfg['img_size']} clips")
+    return 0
