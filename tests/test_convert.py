@@ -234,6 +234,7 @@ def test_transformers_classification(tmp_path):
         assert report.config["head"] == "linear" and report.config["num_classes"] == 5
         assert report.config["final_norm"] is False
         assert not (report.missing or report.unexpected or report.initialised)
+        assert any("fc_norm with eps 1e-5" in n for n in report.notes)
         with torch.no_grad():
             # within the eps difference: transformers' fc_norm uses 1e-5, VideoMAE's 1e-6
             assert torch.allclose(model(VIDEO), theirs, atol=1e-4)
@@ -343,7 +344,7 @@ def test_unreadable_files_name_the_file(tmp_path):
     with pytest.raises(ConversionError, match=r"lst\.pth: no weights found"):
         convert_checkpoint(_save([1, 2, 3], tmp_path / "lst.pth"))
     save_file({"foo.weight": torch.ones(2)}, str(tmp_path / "foo.safetensors"))
-    with pytest.raises(ConversionError, match="unknown checkpoint layout"):
+    with pytest.raises(ConversionError, match=r"foo\.safetensors: unknown checkpoint layout"):
         convert_checkpoint(tmp_path / "foo.safetensors")
 
 

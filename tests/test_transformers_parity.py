@@ -35,5 +35,8 @@ def test_encoder_matches_transformers_videomae(tmp_path, final_norm):
         assert torch.allclose(ours, theirs, atol=1e-5)
         full = hf(video.transpose(1, 2)).last_hidden_state
         assert torch.allclose(enc(video), full, atol=1e-5)
+        none = make_masking("cell_running", 0.0)(2, model.grid, train=False)   # ratio 0
+        theirs = hf(video.transpose(1, 2), bool_masked_pos=none.bool()).last_hidden_state
+        assert torch.allclose(enc(video, none), theirs, atol=1e-5)
     assert math.isclose(sum(p.numel() for p in enc.parameters()),
                         sum(p.numel() for p in hf.parameters()))

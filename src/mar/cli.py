@@ -322,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true", help="with --paper: a Markdown table")
     p.set_defaults(func=cmd_flops)
 
+    from .convert.cli import add_parser as add_convert_parser
+
+    add_convert_parser(sub)
     _add_run_args(sub.add_parser("train", help="fine-tune (MAR or standard training)"))
     _add_run_args(sub.add_parser("pretrain", help="self-supervised VideoMAE-style pretraining"))
     p = sub.add_parser("eval", help="evaluate a checkpoint (multi-view test by default)")

@@ -56,8 +56,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
             allow_unexpected=args.allow_unexpected)
         save_model(model, report.config, args.dst, overwrite=args.overwrite, report=report)
     except (ConversionError, OSError) as e:
-        if getattr(e, "report", None) is not None:
-            print("\n".join(e.report.lines()))
+        report = getattr(e, "report", None)
+        if report is not None and (report.missing or report.unexpected):
+            print("\n".join(report.lines()))                # the keys behind the error
         print(f"mar convert: error: {e}", file=sys.stderr)
         return 1
     print("\n".join(report.lines()))

@@ -40,45 +40,55 @@ def convert_checkpoint(src: str | Path, *, format: str = "auto", num_classes: in
     ``allow_unexpected``, a key of the file is used by no rule.
     """
     ckpt = read_checkpoint(src)
-    fmt = get_format(detect_format(ckpt.state, ckpt.config) if format == "auto" else format)
-    mapped = apply_rules(ckpt.state, fmt.rules, fmt.strip)
-    report = ConversionReport(str(src), fmt.name, dropped=mapped.dropped,
-                              unexpected=list(mapped.unexpected), notes=list(ckpt.notes))
-    if not mapped.state:
-        raise ConversionError(f"{src}: no key matches the {fmt.name} layout "
-                              f"({fmt.description}); the file starts with "
-                              f"{', '.join(list(ckpt.state)[:3])}", report)
-    hints = Hints(config=ckpt.config, tubelet_size=tubelet_size)
-    if fmt.adapt is not None:
-        fmt.adapt(mapped, hints, ckpt.state)
-    report.notes += hints.notes
+    report = ConversionReport(str(src), format, notes=list(ckpt.notes))
     try:
-        arch = infer_architecture(mapped.state, hints)
-    except ConversionError as e:
+        model = _convert(ckpt.state, ckpt.config, report, num_classes=num_classes,
+                         drop_head=drop_head, decoder=decoder, num_frames=num_frames,
+                         img_size=img_size, head=head, tubelet_size=tubelet_size,
+                         allow_unexpected=allow_unexpected)
+    except ConversionError as e:          # name the file, keep the report so far
         raise ConversionError(f"{src}: {e}", report) from None
-    new: dict[str, str] = {}          # our key prefix -> why it starts new
-    head, num_classes = _choose_head(mapped, arch, hints, head, num_classes, drop_head, new,
-                                     src, report)
-    decoder = _choose_decoder(mapped, arch, decoder, new)
-    head_from_file = arch.head is not None and "head." not in new and head != "none"
-    config = _model_config(arch, hints, head, num_classes, decoder, num_frames, img_size,
-                           head_from_file)
-    try:
-        model = create_model(**config)
-    except ValueError as e:
-        raise ConversionError(f"{src}: {e}", report) from None
-    report.config = config
-    _load_strict(model, mapped, new, report, allow_unexpected, src)
-    report.notes += _position_table_notes(ckpt.state, report.dropped)
-    dtypes = {str(v.dtype).removeprefix("torch.") for v in mapped.state.values()}
-    if dtypes - {"float32"}:
-        report.notes.append(f"weights stored as {', '.join(sorted(dtypes))}; loaded as float32")
     return model.eval(), report
 
 
+def _convert(state: dict[str, Tensor], config: dict | None, report: ConversionReport, *,
+             num_classes: int | None, drop_head: bool, decoder: bool | None,
+             num_frames: int | None, img_size: int | None, head: str | None,
+             tubelet_size: int, allow_unexpected: bool) -> MAR:
+    fmt = get_format(detect_format(state, config) if report.format == "auto" else report.format)
+    report.format = fmt.name
+    mapped = apply_rules(state, fmt.rules, fmt.strip)
+    report.dropped, report.unexpected = mapped.dropped, list(mapped.unexpected)
+    if not mapped.state:
+        raise ConversionError(f"no key matches the {fmt.name} layout ({fmt.description}); "
+                              f"the file starts with {', '.join(list(state)[:3])}")
+    hints = Hints(config=config, tubelet_size=tubelet_size)
+    if fmt.adapt is not None:
+        fmt.adapt(mapped, hints, state)
+    report.notes += hints.notes
+    arch = infer_architecture(mapped.state, hints)
+    new: dict[str, str] = {}          # our key prefix -> why it starts new
+    head, num_classes = _choose_head(mapped, arch, hints, head, num_classes, drop_head, new)
+    decoder = _choose_decoder(mapped, arch, decoder, new)
+    head_from_file = arch.head is not None and "head." not in new and head != "none"
+    report.config = _model_config(arch, hints, head, num_classes, decoder, num_frames,
+                                  img_size, head_from_file)
+    try:
+        model = create_model(**report.config)
+    except ValueError as e:
+        raise ConversionError(str(e)) from None
+    _load_strict(model, mapped, new, report, allow_unexpected)
+    report.notes += [note for key, note in hints.notes_if_loaded.items() if key in report.loaded]
+    report.notes += _position_table_notes(state, report.dropped)
+    dtypes = {str(v.dtype).removeprefix("torch.") for v in mapped.state.values()}
+    if dtypes - {"float32"}:
+        report.notes.append(f"weights stored as {', '.join(sorted(dtypes))}; loaded as float32")
+    return model
+
+
 def _choose_head(mapped: Mapped, arch: Architecture, hints: Hints, head: str | None,
-                 num_classes: int | None, drop_head: bool, new: dict[str, str],
-                 src: str | Path, report: ConversionReport) -> tuple[str, int | None]:
+                 num_classes: int | None, drop_head: bool,
+                 new: dict[str, str]) -> tuple[str, int | None]:
     """The head to build and its class count; drops the file's classifier when asked."""
     head = head or arch.head or "bridging"
     if arch.head is None or head == "none":
@@ -86,20 +96,20 @@ def _choose_head(mapped: Mapped, arch: Architecture, hints: Hints, head: str | N
             _drop_prefix(mapped, "head.", "no classifier requested (head='none')")
         elif head != "none":
             if num_classes is None:
-                raise ConversionError(f"{src}: the checkpoint has no classifier: pass "
-                                      "num_classes (--num-classes) for the new head", report)
+                raise ConversionError("the checkpoint has no classifier: pass num_classes "
+                                      "(--num-classes) for the new head")
             new["head."] = f"new {head} head: the checkpoint has no classifier"
         return head, num_classes
     if not drop_head:
         fix = "pass drop_head=True (--drop-head) to start a new head"
         if hints.head_problem:
-            raise ConversionError(f"{src}: {hints.head_problem}: {fix}", report)
+            raise ConversionError(f"{hints.head_problem}: {fix}")
         if head != arch.head:
-            raise ConversionError(f"{src}: the checkpoint's classifier is a {arch.head} head, "
-                                  f"not {head}: {fix}", report)
+            raise ConversionError(f"the checkpoint's classifier is a {arch.head} head, not "
+                                  f"{head}: {fix}")
         if num_classes not in (None, arch.num_classes):
-            raise ConversionError(f"{src}: the checkpoint's head has {arch.num_classes} "
-                                  f"classes but num_classes={num_classes}: {fix}", report)
+            raise ConversionError(f"the checkpoint's head has {arch.num_classes} classes but "
+                                  f"num_classes={num_classes}: {fix}")
         return head, arch.num_classes
     num_classes = num_classes or arch.num_classes
     _drop_prefix(mapped, "head.", f"classifier not used (drop_head): a new {head} head with "
@@ -148,7 +158,7 @@ def _model_config(arch: Architecture, hints: Hints, head: str, num_classes: int 
 
 
 def _load_strict(model: MAR, mapped: Mapped, new: dict[str, str], report: ConversionReport,
-                 allow_unexpected: bool, src: str | Path) -> None:
+                 allow_unexpected: bool) -> None:
     own = model.state_dict()
     for key in own:
         if key in mapped.state:
@@ -159,19 +169,19 @@ def _load_strict(model: MAR, mapped: Mapped, new: dict[str, str], report: Conver
         else:
             report.initialised[key] = reason
     report.unexpected += [mapped.sources[k] for k in mapped.state if k not in own]
+    report.loaded = [k for k in own if k in mapped.state]
     shapes = [f"{k} {list(v.shape)} in the file, {list(own[k].shape)} in the model"
               for k, v in mapped.state.items() if k in own and v.shape != own[k].shape]
     if report.missing:
-        raise ConversionError(f"{src}: {len(report.missing)} weights the model needs are not in "
-                              f"the file: {_first(report.missing)}", report)
+        raise ConversionError(f"{len(report.missing)} weights the model needs are not in the "
+                              f"file: {_first(report.missing)}")
     if shapes:
-        raise ConversionError(f"{src}: shape mismatch: {_first(shapes)}", report)
+        raise ConversionError(f"shape mismatch: {_first(shapes)}")
     if report.unexpected and not allow_unexpected:
-        raise ConversionError(f"{src}: {len(report.unexpected)} keys of the file are used by no "
-                              f"rule: {_first(report.unexpected)} (allow_unexpected=True, "
-                              "--allow-unexpected, converts anyway)", report)
+        raise ConversionError(f"{len(report.unexpected)} keys of the file are used by no rule: "
+                              f"{_first(report.unexpected)} (allow_unexpected=True, "
+                              "--allow-unexpected, converts anyway)")
     model.load_state_dict({k: v for k, v in mapped.state.items() if k in own}, strict=False)
-    report.loaded = [k for k in own if k in mapped.state]
 
 
 def _first(items: list[str], n: int = 3) -> str:

@@ -29,6 +29,7 @@ class Hints:
     pixel_std: tuple[float, ...] | None = None
     head_problem: str | None = None   # why the file's classifier cannot be used as is
     notes: list[str] = field(default_factory=list)
+    notes_if_loaded: dict[str, str] = field(default_factory=dict)  # our key -> note
 
 
 @dataclass(frozen=True)

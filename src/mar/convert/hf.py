@@ -72,9 +72,9 @@ def adapt(mapped: Mapped, hints: Hints, state: Mapping[str, Tensor]) -> None:
     if eps is not None and eps != 1e-6:
         hints.notes.append(f"config.json has layer_norm_eps={eps:g}; mar's LayerNorms use 1e-6 "
                            "as the original VideoMAE (a relative difference of about the eps)")
-    if "head.fc_norm.weight" in mapped.state or "decoder.norm.weight" in mapped.state:
-        hints.notes.append("transformers builds fc_norm and decoder.norm with eps 1e-5; mar uses "
-                           "1e-6 as the original VideoMAE the weights come from")
+    for key, name in (("head.fc_norm.weight", "fc_norm"), ("decoder.norm.weight", "decoder.norm")):
+        hints.notes_if_loaded[key] = (f"transformers builds {name} with eps 1e-5; mar uses 1e-6 as "
+                                      "the original VideoMAE the weights come from")
 
 
 FORMAT = Format("hf", "transformers VideoMAE (directory or state dict)", RULES,

@@ -1,10 +1,11 @@
 """Reading weights without executing anything from the file.
 
 ``.pth``/``.pt``/``.bin`` files go through ``torch.load(weights_only=True)``, which
-refuses any pickled object but tensors, containers and plain values (VideoMAE's
-``argparse.Namespace`` of training arguments is allowed too: rebuilding one only sets
-attributes). ``.safetensors`` files hold tensors only. A transformers directory is read as
-its ``config.json`` plus ``model.safetensors`` (sharded or not) or ``pytorch_model.bin``.
+refuses any pickled object but tensors, containers and plain values; VideoMAE's
+``argparse.Namespace`` of training arguments and ``frozenset`` are allowed too (rebuilding
+them runs no code from the file). ``.safetensors`` files hold tensors only. A
+transformers directory is read as its ``config.json`` plus ``model.safetensors`` (sharded
+or not) or ``pytorch_model.bin``.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def _load_file(path: Path) -> object:
         except Exception as e:  # safetensors raises its own error types
             raise ConversionError(f"{path}: not a safetensors file ({_first_line(e)})") from None
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace, frozenset]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a pickle that is not weights-only, or not a pickle at all
         found = re.search(r"GLOBAL ([\w.]+)", str(e))

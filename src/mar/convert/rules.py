@@ -122,12 +122,15 @@ def apply_rules(state: Mapping[str, Tensor], rules: Sequence[Rule],
             if value.ndim != 1 or value.shape[0] % 3:
                 raise ConversionError(f"{key}: a q/k/v bias of shape {tuple(value.shape)} "
                                       "does not split in three")
-            v, k, q = value.chunk(3)
+            q, k, v = value.chunk(3)
             out.put(target.q.format(**fields), q, key)
             out.put(target.v.format(**fields), v, key)
             out.dropped[f"{key}[{k.shape[0]}:{2 * k.shape[0]}]"] = KEY_BIAS
         elif part := _PART.fullmatch(target.format(**fields)):
-            parts.setdefault(part[1], {})[part[2]] = (key, value)
+            got = parts.setdefault(part[1], {})
+            if part[2] in got:
+                raise ConversionError(f"{got[part[2]][0]} and {key} both give {part[0]}")
+            got[part[2]] = (key, value)
         else:
             out.put(target.format(**fields), value, key)
     for fused, got in parts.items():
