@@ -1,0 +1,101 @@
+"""The synthetic benchmark: deterministic, temporal (one frame does not tell the class),
+and the demo end to end at a shrunken size."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mar import create_model, make_masking
+from mar.data import make_backend, read_list
+from mar.data.synth import CLASSES, SynthConfig, render, synthesize
+from mar.demo import DemoConfig, run_demo
+
+
+def test_rendering_is_deterministic_and_varied():
+    cfg = SynthConfig(num_frames=8, size=32)
+    a = render(3, cfg, np.random.default_rng(7))
+    b = render(3, cfg, np.random.default_rng(7))
+    c = render(3, cfg, np.random.default_rng(8))
+    assert a.shape == (8, 32, 32, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert not np.array_equal(a[0], a[-1])  # something happens over time
+
+
+def test_synthesize_writes_real_h264_lists_and_caches(tmp_path):
+    cfg = SynthConfig(num_frames=8, size=32, per_class_train=1, per_class_val=1)
+    first = synthesize(tmp_path, cfg)
+    assert not first["cached"] and synthesize(tmp_path, cfg)["cached"]
+    train = read_list(tmp_path / "train.csv", tmp_path)
+    assert [r.label for r in train] == list(range(len(CLASSES)))
+    info = make_backend("pyav").probe(train[0].path)
+    assert info.num_frames == 8 and (info.width, info.height) == (32, 32)
+    assert (tmp_path / "classes.txt").read_text().splitlines() == list(CLASSES)
+    # the same seed writes the same files
+    other = tmp_path / "again"
+    synthesize(other, cfg)
+    assert (other / "train" / "05_0000.mp4").read_bytes() == \
+        (tmp_path / "train" / "05_0000.mp4").read_bytes()
+
+
+def _clips(labels, per_class, seed, size=32, frames=8):
+    cfg = SynthConfig(num_frames=frames, size=size)
+    x, y = [], []
+    for label in labels:
+        for i in range(per_class):
+            rng = np.random.default_rng(np.random.SeedSequence([seed, label, i]))
+            x.append(torch.from_numpy(render(label, cfg, rng)).permute(3, 0, 1, 2))
+            y.append(labels.index(label))
+    x = torch.stack(x).float() / 127.5 - 1
+    return x, torch.tensor(y)
+
+
+def _fit(x, y, xv, yv, steps=400):
+    torch.manual_seed(0)
+    model = create_model("vit_nano", num_classes=int(y.max()) + 1, num_frames=x.shape[2],
+                         img_size=x.shape[-1], patch_size=8, head_dropout=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    masking = make_masking("none")
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (16,), generator=g)
+        loss = torch.nn.functional.cross_entropy(model(x[idx], masking(16, model.grid)), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        return (model(xv).argmax(1) == yv).float().mean().item()
+
+
+def test_one_frame_does_not_tell_the_class_but_the_clip_does():
+    # moving left / right, appearing / disappearing: each frame alone is ambiguous
+    labels = [CLASSES.index(c) for c in ("moving left", "moving right", "appearing",
+                                         "disappearing")]
+    x, y = _clips(labels, 24, seed=0)
+    xv, yv = _clips(labels, 12, seed=1)
+    temporal = _fit(x, y, xv, yv)
+    # the single-frame model sees one random frame per clip, repeated over time
+    pick = torch.randint(0, x.shape[2], (len(x),), generator=torch.Generator().manual_seed(0))
+    single = x[torch.arange(len(x)), :, pick][:, :, None].expand_as(x).contiguous()
+    vpick = torch.randint(0, xv.shape[2], (len(xv),),
+                          generator=torch.Generator().manual_seed(1))
+    vsingle = xv[torch.arange(len(xv)), :, vpick][:, :, None].expand_as(xv).contiguous()
+    frame_only = _fit(single, y, vsingle, yv)
+    assert temporal >= 0.6, temporal
+    assert frame_only <= 0.45, frame_only
+    assert temporal - frame_only >= 0.25
+
+
+def test_demo_end_to_end_at_a_tiny_scale(tmp_path):
+    rows = run_demo(DemoConfig(out=str(tmp_path), size=32, num_frames=8, patch_size=8,
+                               per_class_train=2, per_class_val=1, epochs=1, batch_size=8))
+    assert set(rows) == {"standard", "MAR"}
+    assert rows["MAR"]["gflops"] < rows["standard"]["gflops"]
+    assert [r for r, _, _ in rows["MAR"]["ratios"]] == [0.0, 0.25, 0.5, 0.75]
+    for name in ("accuracy_vs_gflops.png", "reconstruction.png", "reconstruction.mp4",
+                 "demo.json"):
+        assert (tmp_path / name).is_file(), name
+    assert json.loads((tmp_path / "demo.json").read_text())["MAR"]["top1"] == \
+        pytest.approx(rows["MAR"]["top1"])
