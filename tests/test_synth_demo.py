@@ -70,9 +70,10 @@ def _fit(x, y, xv, yv, steps=400):
 
 
 def test_one_frame_does_not_tell_the_class_but_the_clip_does():
-    # moving left / right, appearing / disappearing: each frame alone is ambiguous
-    labels = [CLASSES.index(c) for c in ("moving left", "moving right", "appearing",
-                                         "disappearing")]
+    # the four directions of motion: one frame shows an object somewhere, not where it
+    # goes (appearing vs moving would not do: a half-transparent object tells its group)
+    labels = [CLASSES.index(c) for c in ("moving left", "moving right", "moving up",
+                                         "moving down")]
     x, y = _clips(labels, 24, seed=0)
     xv, yv = _clips(labels, 12, seed=1)
     temporal = _fit(x, y, xv, yv)
@@ -83,8 +84,8 @@ def test_one_frame_does_not_tell_the_class_but_the_clip_does():
                           generator=torch.Generator().manual_seed(1))
     vsingle = xv[torch.arange(len(xv)), :, vpick][:, :, None].expand_as(xv).contiguous()
     frame_only = _fit(single, y, vsingle, yv)
-    assert temporal >= 0.6, temporal
-    assert frame_only <= 0.45, frame_only
+    assert temporal >= 0.55, temporal  # 0.71 on the reference machine
+    assert frame_only <= 0.4, frame_only  # chance is 0.25
     assert temporal - frame_only >= 0.25
 
 
