@@ -101,7 +101,10 @@ class ClipRandAugment:
     def __init__(self, config: str = "rand-m9-mstd0.5-inc1", mean=IMAGENET_MEAN):
         from timm.data.auto_augment import rand_augment_transform
 
-        hparams = {"translate_const": 100, "img_mean": tuple(round(255 * m) for m in mean)}
+        # magnitudes drawn with a std can reach the maximum, 10, where timm's increasing
+        # posterize keeps 0 bits, which Pillow >= 12 rejects: cap just below it
+        hparams = {"translate_const": 100, "img_mean": tuple(round(255 * m) for m in mean),
+                   "magnitude_max": 9.99}
         self.config = config
         self.transform = rand_augment_transform(config, hparams)
 
