@@ -13,6 +13,7 @@ import math
 import random
 import resource
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -199,7 +200,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False,
                            generator=mask_generator).to(info.device)
             micro += 1
             sync = micro % tc.accum_steps == 0
-            ctx = net.no_sync() if (not sync and info.world_size > 1) else _null()
+            ctx = net.no_sync() if (not sync and info.world_size > 1) else nullcontext()
             with ctx, torch.autocast(info.device.type, dtype=amp_dtype,
                                      enabled=amp_dtype is not None):
                 loss = mar_loss(net(video, mask), target, rec_weight,
@@ -255,14 +256,6 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False,
         print_summary(summary)
     logger.close()
     return summary
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _gather_states(mask_generator, info: DistInfo) -> dict:
