@@ -8,8 +8,10 @@ study continues where it stopped. Prints and writes a Markdown table of mean ± 
     python benchmarks/study.py --tables V --ratios 0 0.5 --seeds 3 --epochs 30
 
 Tables: ``V`` (bridging vs linear at each training ratio; with the bridging runs tested
-at every ratio this also gives Table III(c)), ``II`` (masking strategies at each ratio),
-``IXa`` (lambda).
+at every ratio this also gives Table III(c)), ``II`` (masking strategies: all of them at
+50 %, random vs cell running at the other ratios, and the 2x downsampled input when 75 %
+is asked for), ``IXa`` (lambda), ``IXb`` (from scratch vs from a `mar pretrain` run of
+the same seed on the training videos, for both heads at 0 and 50 %).
 """
 
 from __future__ import annotations
@@ -26,41 +28,89 @@ from mar.demo import DemoConfig, run_config
 from mar.engine.distributed import init_distributed
 from mar.engine.trainer import run_eval, train
 
+STRATEGIES = ("random", "tube", "frame", "block", "block_running", "random_running",
+              "uniform_running", "cell_running")
+
+
+def table_v(head: str, ratio: float) -> dict:
+    """One training setting of Table V, tested at every ratio when the head is bridging
+    (the rows of Table III(c))."""
+    return {"overrides": {"model.head": head,
+                          "masking.name": "cell_running" if ratio else "none",
+                          "masking.ratio": ratio, "train.rec_weight": 0.1 if ratio else 0.0},
+            "test_ratios": [0.0, 0.25, 0.5, 0.75] if head == "bridging" else [ratio]}
+
 
 def experiments(tables: list[str], ratios: list[float]) -> dict[str, dict]:
-    """name -> {overrides, test ratios}."""
+    """name -> {overrides, test_ratios[, same_as, report, pretrained]}.
+
+    ``same_as`` names the run that already is this setting (its cache entry is shared);
+    ``report`` is the subset of test ratios this table shows; ``pretrained`` starts the
+    fine-tuning from a `mar pretrain` run of the same seed."""
     out = {}
     if "V" in tables:
         for r in ratios:
             for head in ("linear", "bridging"):
-                out[f"V/{head}/{r:g}"] = {
-                    "overrides": {"model.head": head,
-                                  "masking.name": "cell_running" if r else "none",
-                                  "masking.ratio": r, "train.rec_weight": 0.1 if r else 0.0},
-                    "test_ratios": [0.0, 0.25, 0.5, 0.75] if head == "bridging" else [r]}
-    if "II" in tables:
+                out[f"V/{head}/{r:g}"] = table_v(head, r)
+    if "II" in tables:  # the paper's rows: every strategy at 50 %, random vs cell elsewhere
         for r in ratios:
-            for s in ("random", "tube", "frame", "block", "block_running", "random_running",
-                      "uniform_running", "cell_running"):
-                if r == 0 or (s == "uniform_running" and r not in (0.25, 0.5, 0.75)):
+            for s in STRATEGIES if r == 0.5 else ("random", "cell_running"):
+                if r == 0:
+                    continue
+                if s == "cell_running":
+                    out[f"II/{s}/{r:g}"] = {**table_v("bridging", r), "report": [r],
+                                            "same_as": f"V/bridging/{r:g}"}
                     continue
                 out[f"II/{s}/{r:g}"] = {
                     "overrides": {"masking.name": s, "masking.ratio": r,
                                   "eval_masking.name": s, "eval_masking.ratio": r},
                     "test_ratios": [None]}
+        if 0.75 in ratios:  # "D.S. 2x": all tokens of a clip downsampled to half the size
+            out["II/downsample2x/0"] = {
+                "overrides": {"model.img_size": 32, "data.crop_size": 32,
+                              "masking.name": "none", "masking.ratio": 0.0,
+                              "train.rec_weight": 0.0},
+                "test_ratios": [None]}
     if "IXa" in tables:
         for lam in (0.0, 0.1, 0.2, 0.4, 1.0):
             out[f"IXa/{lam:g}"] = {"overrides": {"train.rec_weight": lam},
                                    "test_ratios": [0.5]}
+    if "IXb" in tables:  # scratch vs pretrained, for both heads (Table V on pretrained)
+        for head, r in (("linear", 0.0), ("bridging", 0.0), ("linear", 0.5),
+                        ("bridging", 0.5)):
+            setting = table_v(head, r)
+            report = [0.0, 0.5] if head == "bridging" else [r]
+            out[f"IXb/scratch/{head}/{r:g}"] = {**setting, "report": report,
+                                                "same_as": f"V/{head}/{r:g}"}
+            out[f"IXb/pretrained/{head}/{r:g}"] = {**setting, "report": report,
+                                                   "pretrained": True}
     return out
 
 
-def run_one(demo: DemoConfig, data: Path, spec: dict, seed: int, out: Path) -> dict:
-    base = run_config(demo, data, mar=True)
-    tree = base.model_dump(mode="json")
+def base_tree(demo: DemoConfig, data: Path) -> dict:
+    return run_config(demo, data, mar=True).model_dump(mode="json")
+
+
+def pretrain(demo: DemoConfig, data: Path, seed: int, epochs: int, out: Path) -> dict:
+    """A `mar pretrain` run (tube 90 %, reconstruction only) on the training videos."""
+    overrides = {"train.task": "pretrain", "masking.name": "tube", "masking.ratio": 0.9,
+                 "eval_masking": None, "train.epochs": epochs, "train.eval_every": epochs,
+                 "train.rec_weight": 1.0, "train.seed": seed, "train.keep_last": 1}
+    cfg = load_config(None, [*_flatten(base_tree(demo, data)),
+                             *(f"{k}={json.dumps(v)}" for k, v in overrides.items())])
+    run_dir = out / "pretrain" / f"seed{seed}-epochs{epochs}"
+    summary = train(cfg, run_dir, overwrite=True)
+    last = sorted(run_dir.glob("checkpoint-*"))[-1]
+    return {"dir": str(last), "train_s": summary["wall_time_s"]}
+
+
+def run_one(demo: DemoConfig, data: Path, spec: dict, seed: int, out: Path,
+            init: str | None = None) -> dict:
     overrides = {**spec["overrides"], "train.seed": seed}
+    if init:
+        overrides["train.init"] = init
     flat = [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
-    cfg = load_config(None, [*_flatten(tree), *flat])
+    cfg = load_config(None, [*_flatten(base_tree(demo, data)), *flat])
     run_dir = out / "work"
     summary = train(cfg, run_dir, overwrite=True)
     from mar.inference import load_run
@@ -96,6 +146,8 @@ def main() -> None:
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--pretrain-epochs", type=int, default=100,
+                        help="length of the `mar pretrain` run behind Table IX(b)")
     parser.add_argument("--out", default="study")
     args = parser.parse_args()
     out = Path(args.out)
@@ -108,27 +160,49 @@ def main() -> None:
     cache_file = out / "runs.json"
     cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     specs = experiments(args.tables, args.ratios)
+
+    def key(name: str, spec: dict, seed: int) -> str:
+        pre = f"/pretrain{args.pretrain_epochs}" if spec.get("pretrained") else ""
+        return f"{spec.get('same_as', name)}/seed{seed}/epochs{args.epochs}{pre}"
+
+    def save() -> None:
+        tmp = cache_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        tmp.replace(cache_file)
+
     start = time.perf_counter()
     for name, spec in specs.items():
         for seed in range(args.seeds):
-            key = f"{name}/seed{seed}/epochs{args.epochs}"
-            if key in cache:
+            k = key(name, spec, seed)
+            if k in cache:
                 continue
-            cache[key] = run_one(demo, data, spec, seed, out)
-            cache_file.write_text(json.dumps(cache, indent=1))
-            print(f"{key}: {cache[key]['top1']} ({time.perf_counter() - start:.0f}s so far)",
+            init = None
+            if spec.get("pretrained"):
+                pk = f"pretrain/seed{seed}/epochs{args.pretrain_epochs}"
+                if pk not in cache:
+                    cache[pk] = pretrain(demo, data, seed, args.pretrain_epochs, out)
+                    save()
+                init = cache[pk]["dir"]
+            cache[k] = run_one(demo, data, spec, seed, out, init)
+            save()
+            print(f"{k}: {cache[k]['top1']} ({time.perf_counter() - start:.0f}s so far)",
                   flush=True)
     lines = [f"chance: {100 / len(CLASSES):.1f} %; {args.seeds} seeds; {args.epochs} epochs",
              "", "| setting | test ratio | top-1 % mean ± std | runs | train s (mean) |",
              "|---|--:|--:|--:|--:|"]
     for name, spec in specs.items():
-        runs = [cache[f"{name}/seed{s}/epochs{args.epochs}"] for s in range(args.seeds)]
-        for ratio in spec["test_ratios"]:
+        runs = [cache[key(name, spec, s)] for s in range(args.seeds)]
+        for ratio in spec.get("report", spec["test_ratios"]):
             accs = [r["top1"][str(ratio)] for r in runs]
             std = statistics.stdev(accs) if len(accs) > 1 else 0.0
             lines.append(f"| {name} | {ratio if ratio is not None else 'as trained'} | "
                          f"{statistics.mean(accs):.1f} ± {std:.1f} | {len(accs)} | "
                          f"{statistics.mean(r['train_s'] for r in runs):.0f} |")
+    if any(s.get("pretrained") for s in specs.values()):
+        pre = [cache[f"pretrain/seed{s}/epochs{args.pretrain_epochs}"]["train_s"]
+               for s in range(args.seeds)]
+        lines += ["", f"pretraining ({args.pretrain_epochs} epochs, tube 90 %): "
+                  f"{statistics.mean(pre):.0f} s per seed, not included above"]
     table = "\n".join(lines)
     print(table)
     (out / "results.md").write_text(table + "\n")

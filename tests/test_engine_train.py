@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from videos import moving_square_dataset
 
 from mar.config import load_config
@@ -150,3 +150,36 @@ def test_two_gloo_processes_train(squares, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "effective batch 8" in out.stdout
     assert sorted(_losses(run)) == [1, 2, 3]
+
+
+def test_pretrain_then_finetune_from_it(squares, tmp_path):
+    """`mar pretrain` (with a validation list in the config, which it must not evaluate)
+    learns to reconstruct; `train.init` then starts a fine-tuning without a decoder from
+    its encoder, leaving only the new head initialised."""
+    train_list, val_list = squares
+    pre = tmp_path / "pre"
+    args = overrides(train_list, **{"data.val_list": str(val_list), "train.epochs": 6,
+                                    "masking.name": "tube", "masking.ratio": 0.75,
+                                    "model.norm_target": "false"})
+    out = subprocess.run([sys.executable, "-m", "mar.cli", "pretrain", "--out", str(pre),
+                          *args], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    losses = list(_losses(pre).values())
+    assert len(losses) == 6 * 6
+    assert sum(losses[-6:]) < 0.7 * sum(losses[:6]), losses
+    ckpt = sorted(pre.glob("checkpoint-*"))[-1]
+    encoder = {k: v for k, v in load_file(str(ckpt / "model.safetensors")).items()
+               if k.startswith("encoder.")}
+    assert encoder and any(k.startswith("decoder.") for k in
+                           load_file(str(ckpt / "model.safetensors")))
+
+    cfg = load_config(None, overrides(train_list, **{
+        "model.head": "linear", "masking.name": "none", "masking.ratio": 0.0,
+        "train.rec_weight": 0.0, "train.init": str(ckpt), "train.epochs": 1,
+        "train.max_steps": 1, "train.base_lr": 1e-12, "train.min_lr": 0.0}))
+    train(cfg, tmp_path / "ft")
+    tuned = load_file(str(sorted((tmp_path / "ft").glob("checkpoint-*"))[-1] /
+                          "model.safetensors"))
+    assert not any(k.startswith("decoder.") for k in tuned)
+    for k, v in encoder.items():  # lr ~0: the encoder is the pretrained one
+        assert torch.allclose(tuned[k], v, atol=1e-8), k

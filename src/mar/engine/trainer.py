@@ -65,7 +65,8 @@ def build_model(cfg: Config, info: DistInfo):
         model_cfg = model_cfg.model_copy(update={"decoder": True})
     model = model_cfg.build()
     if cfg.train.init:
-        fresh = load_weights(model, cfg.train.init, allow_missing=("head.", "decoder."))
+        fresh = load_weights(model, cfg.train.init, allow_missing=("head.", "decoder."),
+                             allow_unused=("decoder.",))
         if info.is_main and fresh:
             print(f"initialised from {cfg.train.init}; new: "
                   f"{sorted({k.split('.')[0] + '.' + k.split('.')[1] for k in fresh})}")
@@ -239,8 +240,8 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False,
         bar.close()
         metrics = {"train_loss": mean_across_ranks(values["loss"], info)}
         epoch_done = step % steps_per_epoch == 0
-        if (dc.val_list and epoch_done and (epoch + 1) % tc.eval_every == 0) or \
-                (done and dc.val_list):
+        if finetune and dc.val_list and (
+                done or (epoch_done and (epoch + 1) % tc.eval_every == 0)):
             result = run_eval(cfg, model, "val", info)
             metrics |= {"val_top1": result.video_top1, "val_top5": result.video_top5}
             model.train()

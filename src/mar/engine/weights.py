@@ -19,9 +19,12 @@ def weights_file(path: str | Path) -> Path:
 
 
 def load_weights(model: nn.Module, path: str | Path,
-                 allow_missing: tuple[str, ...] = ()) -> list[str]:
+                 allow_missing: tuple[str, ...] = (),
+                 allow_unused: tuple[str, ...] = ()) -> list[str]:
     """Load strictly, except keys under the ``allow_missing`` prefixes (left as
-    initialised, e.g. ``("head.",)`` when fine-tuning from a pretrained encoder).
+    initialised, e.g. ``("head.",)`` when fine-tuning from a pretrained encoder) and
+    file keys under the ``allow_unused`` prefixes that the model lacks (e.g. a pretrained
+    decoder when fine-tuning without reconstruction).
 
     Returns the keys left initialised. Shape mismatches, unexpected keys and any other
     missing key are a one-line error naming the file and the first keys.
@@ -29,6 +32,7 @@ def load_weights(model: nn.Module, path: str | Path,
     file = weights_file(path)
     state = load_file(str(file))
     own = model.state_dict()
+    state = {k: v for k, v in state.items() if k in own or not k.startswith(allow_unused)}
     unexpected = sorted(set(state) - set(own))
     missing = sorted(set(own) - set(state))
     not_allowed = [k for k in missing if not k.startswith(allow_missing)]
