@@ -1,0 +1,29 @@
+"""The study script's table layout: shared runs really are the same setting."""
+
+import importlib.util
+from pathlib import Path
+
+spec = importlib.util.spec_from_file_location(
+    "study", Path(__file__).resolve().parents[1] / "benchmarks" / "study.py")
+study = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(study)
+
+
+def test_shared_runs_have_the_same_settings_and_test_ratios():
+    specs = study.experiments(["V", "IIIc", "II", "IXa", "IXb"], [0.0, 0.25, 0.5, 0.75])
+    shared = {name: s for name, s in specs.items() if "same_as" in s}
+    assert {"II/cell_running/0.5", "IXb/scratch/bridging/0.5", "IIIc/0.75"} <= set(shared)
+    for name, s in shared.items():
+        target = specs[s["same_as"]]
+        assert "same_as" not in target and not target.get("pretrained"), name
+        assert s["overrides"] == target["overrides"], name
+        assert set(s.get("report", s["test_ratios"])) <= set(target["test_ratios"]), name
+
+
+def test_table_ii_follows_the_paper():
+    names = set(study.experiments(["II"], [0.25, 0.5, 0.75]))
+    assert {f"II/{s}/0.5" for s in study.STRATEGIES} <= names
+    assert {n for n in names if n.endswith("/0.25")} == {"II/random/0.25",
+                                                         "II/cell_running/0.25"}
+    assert "II/downsample2x/0" in names
+    assert "II/downsample2x/0" not in study.experiments(["II"], [0.5])
