@@ -3,7 +3,8 @@
 Every run is the `mar demo` setting (vit_nano, 16 x 64^2 clips, the 12-class synthetic
 benchmark) with one thing changed; each (setting, seed) trains once, is evaluated at the
 test ratios its table needs, and is cached in ``--out/runs.json`` so an interrupted
-study continues where it stopped. Prints and writes a Markdown table of mean ± std.
+study continues where it stopped. Prints a Markdown table of mean ± std and writes it
+with a bar chart (``results_<tables>.md`` / ``.png``).
 
     python benchmarks/study.py --tables V --ratios 0 0.5 --seeds 3 --epochs 30
 
@@ -194,11 +195,13 @@ def main() -> None:
     lines = [f"chance: {100 / len(CLASSES):.1f} %; {args.seeds} seeds; {args.epochs} epochs",
              "", "| setting | test ratio | top-1 % mean ± std | runs | train s (mean) |",
              "|---|--:|--:|--:|--:|"]
+    rows = []
     for name, spec in specs.items():
         runs = [cache[key(name, spec, s)] for s in range(args.seeds)]
         for ratio in spec.get("report", spec["test_ratios"]):
             accs = [r["top1"][str(ratio)] for r in runs]
             std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            rows.append((f"{name} @ {'trained' if ratio is None else f'{ratio:g}'}", accs))
             lines.append(f"| {name} | {ratio if ratio is not None else 'as trained'} | "
                          f"{statistics.mean(accs):.1f} ± {std:.1f} | {len(accs)} | "
                          f"{statistics.mean(r['train_s'] for r in runs):.0f} |")
@@ -209,7 +212,34 @@ def main() -> None:
                   f"{statistics.mean(pre):.0f} s per seed, not included above"]
     table = "\n".join(lines)
     print(table)
-    (out / "results.md").write_text(table + "\n")
+    stem = "results_" + "_".join(args.tables)
+    (out / f"{stem}.md").write_text(table + "\n")
+    print(f"wrote {out / f'{stem}.md'} and {plot(rows, out / f'{stem}.png')}")
+
+
+def plot(rows: list[tuple[str, list[float]]], path: Path) -> Path:
+    """One bar per row (mean, ± std) with every seed as a dot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(rows) + 1.2))
+    y = range(len(rows))
+    means = [statistics.mean(a) for _, a in rows]
+    stds = [statistics.stdev(a) if len(a) > 1 else 0.0 for _, a in rows]
+    ax.barh(y, means, xerr=stds, color="tab:blue", alpha=0.5, capsize=3)
+    for i, (_, accs) in enumerate(rows):
+        ax.scatter(accs, [i] * len(accs), s=10, color="black", zorder=3)
+    ax.axvline(100 / len(CLASSES), color="gray", ls=":", label="chance")
+    ax.set_yticks(list(y), [label for label, _ in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("video top-1 % (mean ± std over seeds; dots: seeds)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":
