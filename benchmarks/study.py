@@ -58,10 +58,8 @@ def experiments(tables: list[str], ratios: list[float]) -> dict[str, dict]:
         for r in ratios:
             out[f"IIIc/{r:g}"] = {**table_v("bridging", r), "same_as": f"V/bridging/{r:g}"}
     if "II" in tables:  # the paper's rows: every strategy at 50 %, random vs cell elsewhere
-        for r in ratios:
+        for r in [r for r in ratios if r > 0]:
             for s in STRATEGIES if r == 0.5 else ("random", "cell_running"):
-                if r == 0:
-                    continue
                 if s == "cell_running":
                     out[f"II/{s}/{r:g}"] = {**table_v("bridging", r), "report": [r],
                                             "same_as": f"V/bridging/{r:g}"}
