@@ -19,11 +19,9 @@ import statistics
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
-from study import _flatten, base_tree, run_one, table_v
+from study import pretrain_config, run_one, table_v
 
-from mar.config import load_config
 from mar.demo import DemoConfig
 from mar.engine.trainer import train
 from mar.masking import make_masking
@@ -34,26 +32,14 @@ def losses(run: Path) -> list[float]:
     return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").open()) if "loss" in r]
 
 
-def pretrain_cfg(demo, data, **overrides):
-    base = {"train.task": "pretrain", "eval_masking": None, "train.rec_weight": 1.0,
-            "train.keep_last": 1}
-    items = {**base, **overrides}
-    return load_config(None, [*_flatten(base_tree(demo, data)),
-                              *(f"{k}={json.dumps(v)}" for k, v in items.items())])
-
-
 @torch.no_grad()
 def encoder_stats(model, video) -> tuple[list[float], float]:
     """Mean attention entropy per block, and the std of pooled features across clips."""
     entropies = []
 
     def hook(mod, inp, out):
-        x = inp[0]
-        b, n, d = x.shape
-        bias = torch.cat((mod.q_bias, torch.zeros_like(mod.v_bias), mod.v_bias))
-        q, k, _ = F.linear(x, mod.qkv.weight, bias).view(
-            b, n, 3, mod.num_heads, d // mod.num_heads).permute(2, 0, 3, 1, 4)
-        p = (q @ k.transpose(-1, -2) / (d // mod.num_heads) ** 0.5).softmax(-1)
+        q, k, _ = mod.qkv_heads(inp[0])
+        p = (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).softmax(-1)
         entropies.append(-(p * p.clamp_min(1e-12).log()).sum(-1).mean().item())
 
     hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, Attention)]
@@ -88,19 +74,18 @@ def main() -> None:
     for name, mask, ratio, norm in (("tube 75 %, normalised", "tube", 0.75, True),
                                     ("random 90 %, normalised", "random", 0.9, True),
                                     ("tube 90 %, raw pixels", "tube", 0.9, False)):
-        cfg = pretrain_cfg(demo, data, **{"masking.name": mask, "masking.ratio": ratio,
-                                          "model.norm_target": norm, "train.seed": seed,
-                                          "train.epochs": args.probe_epochs})
+        cfg = pretrain_config(demo, data, **{"masking.name": mask, "masking.ratio": ratio,
+                                             "model.norm_target": norm, "train.seed": seed,
+                                             "train.epochs": args.probe_epochs})
         train(cfg, work / "probe", overwrite=True)
         loss = losses(work / "probe")
         per_epoch = len(loss) // args.probe_epochs
         lines.append(f"   {name}: {statistics.mean(loss[:per_epoch]):.4f} -> "
                      f"{statistics.mean(loss[-per_epoch:]):.4f}")
 
-    cfg = pretrain_cfg(demo, data, **{"masking.name": "tube", "masking.ratio": 0.9,
-                                      "train.seed": seed, "train.epochs": 1,
-                                      "train.max_steps": 1, "train.base_lr": 1e-12,
-                                      "train.min_lr": 0.0})
+    cfg = pretrain_config(demo, data, **{"train.seed": seed, "train.epochs": 1,
+                                         "train.max_steps": 1, "train.base_lr": 1e-12,
+                                         "train.min_lr": 0.0})
     train(cfg, work / "untrained", overwrite=True)
     untrained = sorted((work / "untrained").glob("checkpoint-*"))[-1]
     pretrained = sorted(run.glob("checkpoint-*"))[-1]

@@ -24,7 +24,7 @@ import statistics
 import time
 from pathlib import Path
 
-from mar.config import load_config
+from mar.config import Config, load_config
 from mar.data.synth import CLASSES, SynthConfig, synthesize
 from mar.demo import DemoConfig, run_config
 from mar.engine.distributed import init_distributed
@@ -90,17 +90,25 @@ def experiments(tables: list[str], ratios: list[float]) -> dict[str, dict]:
     return out
 
 
-def base_tree(demo: DemoConfig, data: Path) -> dict:
-    return run_config(demo, data, mar=True).model_dump(mode="json")
+def study_config(demo: DemoConfig, data: Path, overrides: dict) -> Config:
+    """The MAR setting of `mar demo` with ``overrides`` (dotted keys) applied."""
+    tree = run_config(demo, data, mar=True).model_dump(mode="json")
+    return load_config(None, [*_flatten(tree),
+                              *(f"{k}={json.dumps(v)}" for k, v in overrides.items())])
+
+
+def pretrain_config(demo: DemoConfig, data: Path, **overrides) -> Config:
+    """Reconstruction only (`mar pretrain`): VideoMAE's tube 90 % unless overridden."""
+    return study_config(demo, data, {"train.task": "pretrain", "masking.name": "tube",
+                                     "masking.ratio": 0.9, "eval_masking": None,
+                                     "train.rec_weight": 1.0, "train.keep_last": 1,
+                                     **overrides})
 
 
 def pretrain(demo: DemoConfig, data: Path, seed: int, epochs: int, out: Path) -> dict:
-    """A `mar pretrain` run (tube 90 %, reconstruction only) on the training videos."""
-    overrides = {"train.task": "pretrain", "masking.name": "tube", "masking.ratio": 0.9,
-                 "eval_masking": None, "train.epochs": epochs, "train.eval_every": epochs,
-                 "train.rec_weight": 1.0, "train.seed": seed, "train.keep_last": 1}
-    cfg = load_config(None, [*_flatten(base_tree(demo, data)),
-                             *(f"{k}={json.dumps(v)}" for k, v in overrides.items())])
+    """A `mar pretrain` run on the training videos."""
+    cfg = pretrain_config(demo, data, **{"train.epochs": epochs, "train.eval_every": epochs,
+                                         "train.seed": seed})
     run_dir = out / "pretrain" / f"seed{seed}-epochs{epochs}"
     summary = train(cfg, run_dir, overwrite=True)
     last = sorted(run_dir.glob("checkpoint-*"))[-1]
@@ -112,8 +120,7 @@ def run_one(demo: DemoConfig, data: Path, spec: dict, seed: int, out: Path,
     overrides = {**spec["overrides"], "train.seed": seed}
     if init:
         overrides["train.init"] = init
-    flat = [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
-    cfg = load_config(None, [*_flatten(base_tree(demo, data)), *flat])
+    cfg = study_config(demo, data, overrides)
     run_dir = out / "work"
     summary = train(cfg, run_dir, overwrite=True)
     from mar.inference import load_run
