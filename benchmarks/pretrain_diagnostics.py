@@ -90,7 +90,7 @@ def main() -> None:
     untrained = sorted((work / "untrained").glob("checkpoint-*"))[-1]
     pretrained = sorted(run.glob("checkpoint-*"))[-1]
 
-    data_set = cfg.data.dataset("val", mean=cfg.model.pixel_mean, std=cfg.model.pixel_std)
+    data_set = cfg.dataset("val")
     video = torch.stack([data_set[i]["video"] for i in range(0, len(data_set), 9)])
     lines.append("3. encoder (attention entropy per block; uniform is ln 128 = 4.85; "
                  "std of pooled features across clips):")

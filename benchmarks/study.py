@@ -24,11 +24,14 @@ import statistics
 import time
 from pathlib import Path
 
-from mar.config import Config, load_config
+from mar.atomic import write_text
+from mar.config import Config, build_config, config_tree
 from mar.data.synth import CLASSES, SynthConfig, synthesize
 from mar.demo import DemoConfig, run_config
 from mar.engine.distributed import init_distributed
-from mar.engine.trainer import run_eval, train
+from mar.engine.evaluate import run_eval
+from mar.engine.trainer import train
+from mar.masking import make_masking
 
 STRATEGIES = ("random", "tube", "frame", "block", "block_running", "random_running",
               "uniform_running", "cell_running")
@@ -92,9 +95,8 @@ def experiments(tables: list[str], ratios: list[float]) -> dict[str, dict]:
 
 def study_config(demo: DemoConfig, data: Path, overrides: dict) -> Config:
     """The MAR setting of `mar demo` with ``overrides`` (dotted keys) applied."""
-    tree = run_config(demo, data, mar=True).model_dump(mode="json")
-    return load_config(None, [*_flatten(tree),
-                              *(f"{k}={json.dumps(v)}" for k, v in overrides.items())])
+    tree = config_tree(run_config(demo, data, mar=True))
+    return build_config(tree, overrides, where="study")
 
 
 def pretrain_config(demo: DemoConfig, data: Path, **overrides) -> Config:
@@ -129,25 +131,11 @@ def run_one(demo: DemoConfig, data: Path, spec: dict, seed: int, out: Path,
     info = init_distributed("cpu")
     result = {"train_s": summary["wall_time_s"], "top1": {}}
     for ratio in spec["test_ratios"]:
-        test_cfg = cfg
-        if ratio is not None:
-            mask = cfg.masking.model_copy(update={"name": "cell_running" if ratio else "none",
-                                                  "ratio": ratio, "cell": None,
-                                                  "spatial": None, "temporal": None,
-                                                  "start_state": None, "initial": None})
-            test_cfg = cfg.model_copy(update={"eval_masking": mask})
-        result["top1"][str(ratio)] = run_eval(test_cfg, model, "test", info).video_top1
+        masking = None if ratio is None else make_masking(
+            "cell_running" if ratio else "none", ratio)
+        result["top1"][str(ratio)] = run_eval(cfg, model, "test", info,
+                                              masking=masking).video_top1
     return result
-
-
-def _flatten(tree: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out += _flatten(value, f"{prefix}{key}.")
-        elif value is not None or prefix:  # an unset top-level section stays unset
-            out.append(f"{prefix}{key}={json.dumps(value)}")
-    return out
 
 
 def main() -> None:
@@ -176,9 +164,7 @@ def main() -> None:
         return f"{spec.get('same_as', name)}/seed{seed}/epochs{args.epochs}{pre}"
 
     def save() -> None:
-        tmp = cache_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cache, indent=1))
-        tmp.replace(cache_file)
+        write_text(cache_file, json.dumps(cache, indent=1))
 
     start = time.perf_counter()
     for name, spec in specs.items():

@@ -40,9 +40,23 @@ def test_bad_configs_name_the_key(tmp_path, text, override, match):
 
 
 def test_masking_options_must_exist_for_the_strategy():
-    cfg = load_config(None, ["masking.name=tube", "masking.cell=[2,2]"])
     with pytest.raises(ConfigError, match="unknown option"):
-        cfg.test_masking()
+        load_config(None, ["masking.name=tube", "masking.cell=[2,2]"])
+
+
+@pytest.mark.parametrize("override,match", [
+    ("model.name=vit_bsae", "model.name: unknown model 'vit_bsae'"),
+    ("masking.name=cel_running", "masking.name: unknown strategy 'cel_running'"),
+    ("eval_masking.name=tubes", "masking.name: unknown strategy 'tubes'"),
+])
+def test_names_are_checked_when_the_config_loads_before_a_run_folder_exists(
+        tmp_path, capsys, override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [override])
+    out = tmp_path / "run"
+    assert main(["train", override, "--out", str(out)]) == 2
+    assert match in capsys.readouterr().err
+    assert not out.exists()          # so the next attempt is not refused as "not empty"
 
 
 def test_cli_flops_json(capsys):
@@ -55,8 +69,9 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert main(["flops", str(tmp_path / "missing.yaml")]) == 2
     err = capsys.readouterr().err.strip()
     assert "no such config file" in err and "\n" not in err
-    assert main(["flops", "masking.ratio=0.6"]) == 2
-    assert "multiple of 1/4" in capsys.readouterr().err
+    assert main(["flops", "masking.cell=[3,3]"]) == 2
+    err = capsys.readouterr().err
+    assert "does not tile" in err and "\n" not in err.strip()
 
 
 def test_console_script_prints_the_paper_table():
@@ -76,11 +91,11 @@ def test_data_section_builds_datasets_and_checks_consistency(tmp_path):
                              f"data.test_list={lst}", "data.test_clips=2",
                              "data.sampling=segment", "model.num_frames=8",
                              "data.num_frames=8", "data.crop_size=64", "model.img_size=64"])
-    train = cfg.data.dataset("train", mean=cfg.model.pixel_mean, std=cfg.model.pixel_std)
+    train = cfg.dataset("train")
     assert train[0]["video"].shape == (3, 8, 64, 64)
-    test = cfg.data.dataset("test", mean=cfg.model.pixel_mean, std=cfg.model.pixel_std)
+    test = cfg.dataset("test")
     assert len(test) == 2 * 2 * 3
     with pytest.raises(ConfigError, match="data.val_list is not set"):
-        cfg.data.dataset("val", mean=cfg.model.pixel_mean, std=cfg.model.pixel_std)
+        cfg.dataset("val")
     with pytest.raises(ConfigError, match=r"data.num_frames \(16\) differs from model"):
         load_config(None, ["model.num_frames=8"])

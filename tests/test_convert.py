@@ -2,6 +2,7 @@
 converts strictly and reproduces the outputs of the model the weights came from."""
 
 import argparse
+import json
 import os
 from functools import partial
 
@@ -11,19 +12,29 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
-from transformers import VideoMAEConfig, VideoMAEForPreTraining, VideoMAEForVideoClassification
+from transformers import (
+    VideoMAEConfig,
+    VideoMAEForPreTraining,
+    VideoMAEForVideoClassification,
+    VideoMAEModel,
+)
 
 from mar import create_model, make_masking
 from mar.config import ModelConfig
 from mar.convert import (
     ConversionError,
+    ModelFileError,
     convert_checkpoint,
     load_model,
     read_checkpoint,
     save_model,
 )
+from mar.convert.architecture import infer_architecture, mlp_ratio_for
 from mar.convert.cli import add_parser
+from mar.convert.formats import Hints, get_format
+from mar.convert.rules import apply_rules
 from mar.models import IMAGENET_MEAN, IMAGENET_STD, sinusoid_table
+from mar.models.io import load_weights
 
 TINY = dict(num_frames=8, img_size=32, patch_size=8)  # grid (4, 4, 4), 64 tokens
 CLIP = dict(num_frames=8, img_size=32)
@@ -140,6 +151,9 @@ def test_videomae_finetuned_checkpoint(tmp_path):
     assert report.config["head"] == "linear" and report.config["final_norm"] is False
     assert report.config["num_classes"] == 5
     assert not (report.missing or report.unexpected or report.dropped or report.initialised)
+    # VideoMAE fine-tunes and tests on all tokens: that is the masking to record
+    assert report.masking == {"name": "none", "ratio": 0.0}
+    assert "test-time masking: none (all tokens)" in "\n".join(report.lines())
     with torch.no_grad():
         assert torch.equal(model(VIDEO, MASK), src(VIDEO, MASK))
         assert torch.equal(model(VIDEO), src(VIDEO))
@@ -154,6 +168,9 @@ def test_official_mar_checkpoint(tmp_path):
     assert report.format == "mar"
     assert not (report.missing or report.unexpected or report.initialised)
     assert report.config["head"] == "bridging" and report.config["decoder"] is True
+    # the official code tests with its cell running mask at 50%
+    assert report.masking == {"name": "cell_running", "ratio": 0.5}
+    assert "test-time masking: cell_running, ratio 0.5" in "\n".join(report.lines())
     assert tuple(report.config["pixel_mean"]) == pytest.approx(IMAGENET_MEAN)
     assert set(report.dropped) == {"cls_head.blocks.0.attn.to_qkv.bias[64:128]",
                                    "cls_head.mask_token", "pos_embed", "mean", "std"}
@@ -356,21 +373,25 @@ def test_save_and_load_model_round_trip(tmp_path):
     model, report = convert_checkpoint(_save({"model": _videomae_pretrain(src)},
                                              tmp_path / "c.pth"), num_classes=7, **CLIP)
     out = tmp_path / "models" / "mar-nano"
-    save_model(model, report.config, out, report=report)
+    assert report.masking == {"name": "none", "ratio": 0.0}     # a VideoMAE pretraining file
+    save_model(model, report.config, out, masking=report.masking, report=report)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "conversion.json",
-                                                     "model.safetensors"]
+                                                     "masking.json", "model.safetensors"]
+    assert json.loads((out / "masking.json").read_text()) == report.masking
+    assert json.loads((out / "conversion.json").read_text())["masking"] == report.masking
     loaded, config = load_model(out)
     assert config == report.config
     assert ModelConfig(**config).name == "vit_nano"     # the training config accepts it
     with torch.no_grad():
         a, b = loaded(VIDEO, MASK), model(VIDEO, MASK)
     assert torch.equal(a.logits, b.logits) and torch.equal(a.pred, b.pred)
-    with pytest.raises(ConversionError, match="already exists"):
-        save_model(model, report.config, out)
-    save_model(model, report.config, out, overwrite=True)
+    with pytest.raises(ModelFileError, match="already exists"):
+        save_model(model, report.config, out, masking=report.masking)
+    save_model(model, report.config, out, masking=report.masking, overwrite=True)
     assert sorted(p.name for p in out.parent.iterdir()) == ["mar-nano"]   # no temporary left
-    with pytest.raises(ConversionError, match="does not describe this model"):
-        save_model(model, report.config | {"decoder": False}, tmp_path / "wrong")
+    with pytest.raises(ModelFileError, match="does not describe this model"):
+        save_model(model, report.config | {"decoder": False}, tmp_path / "wrong",
+                   masking=report.masking)
     assert not (tmp_path / "wrong").exists()
 
 
@@ -392,8 +413,10 @@ def test_mar_convert_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "(mar): loaded" in out and "decoder.blocks.0.norm1.weight: reconstruction decoder" \
         in out and "cls_head.mask_token: created by the official model" in out
+    assert "test-time masking cell_running, ratio 0.5" in out.splitlines()[-1]
     model, config = load_model(tmp_path / "out")
     assert config["decoder"] is False and model.decoder is None
+    assert _masking(tmp_path / "out") == {"name": "cell_running", "ratio": 0.5}
     assert _run(["convert", str(src), str(tmp_path / "out")]) == 1          # exists
     assert _run(["convert", str(src), str(tmp_path / "o2"), "--num-classes", "9"]) == 1
     captured = capsys.readouterr()
@@ -403,3 +426,191 @@ def test_mar_convert_command(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("mar convert: error:") and "none.pth: no such file" in err
     assert "\n" not in err
+
+
+def _masking(folder):
+    return json.loads((folder / "masking.json").read_text())
+
+
+def test_mar_convert_test_masking_override(tmp_path, capsys):
+    official = _save({"model_state": _official_mar(_tiny(num_classes=5, decoder=True))},
+                     tmp_path / "mar.pth")
+    videomae = _save(_videomae_finetuned(_tiny(num_classes=5, head="linear", final_norm=False)),
+                     tmp_path / "ft.pth")
+    assert _run(["convert", str(official), str(tmp_path / "a"), "--test-masking", "none"]) == 0
+    assert _masking(tmp_path / "a") == {"name": "none", "ratio": 0.0}
+    assert "test-time masking none (all tokens)" in capsys.readouterr().out
+    assert _run(["convert", str(official), str(tmp_path / "b"), "--mask-ratio", "0.75"]) == 0
+    assert _masking(tmp_path / "b") == {"name": "cell_running", "ratio": 0.75}
+    assert _masking(tmp_path / "b") == json.loads(
+        (tmp_path / "b" / "conversion.json").read_text())["masking"]
+    assert _run(["convert", str(videomae), str(tmp_path / "c"), "--test-masking",
+                 "cell_running"]) == 0
+    assert _masking(tmp_path / "c") == {"name": "cell_running", "ratio": 0.5}
+    assert _run(["convert", str(videomae), str(tmp_path / "d")]) == 0
+    assert _masking(tmp_path / "d") == {"name": "none", "ratio": 0.0}
+    capsys.readouterr()
+    # a ratio for a model run on all tokens, or an impossible ratio: one-line errors
+    assert _run(["convert", str(videomae), str(tmp_path / "e"), "--mask-ratio", "0.5"]) == 1
+    assert _run(["convert", str(official), str(tmp_path / "f"), "--mask-ratio", "1.0"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--test-masking cell_running" in err[0]
+    assert "cell_running, ratio 1.0" in err[1] and "--mask-ratio" in err[1]
+    assert not (tmp_path / "e").exists() and not (tmp_path / "f").exists()
+    # the official mask on a 3x3 token frame, which 2x2 cells do not tile: say so
+    with pytest.raises(ConversionError, match="test-time masking cell_running.*--test-masking"):
+        convert_checkpoint(official, num_frames=8, img_size=24)
+    _, report = convert_checkpoint(official, num_frames=8, img_size=24, test_masking="none")
+    assert report.masking == {"name": "none", "ratio": 0.0}
+
+
+# -- any architecture ---------------------------------------------------------------------
+
+
+def _odd_hf_config(**kw):
+    """Width 96, 3 layers, 4 heads, MLP 200: no mar size, a non-integer MLP ratio."""
+    return VideoMAEConfig(image_size=32, patch_size=8, num_frames=8, tubelet_size=2,
+                          hidden_size=96, num_hidden_layers=3, num_attention_heads=4,
+                          intermediate_size=200, layer_norm_eps=1e-6,
+                          attn_implementation="eager", **kw)
+
+
+def _rebuild(folder):
+    """The model of a model directory through the training config, weights loaded."""
+    config = json.loads((folder / "config.json").read_text())
+    model = ModelConfig(**config).build()
+    load_weights(model, folder)                       # strict
+    return model.eval()
+
+
+def test_transformers_model_of_any_shape(tmp_path):
+    torch.manual_seed(0)
+    hf = VideoMAEModel(_odd_hf_config(use_mean_pooling=False)).eval()
+    _perturb(hf)
+    hf.save_pretrained(tmp_path / "hf")
+    model, report = convert_checkpoint(tmp_path / "hf", head="none")
+    cfg = report.config
+    assert cfg["name"] == "custom" and not (report.missing or report.unexpected)
+    assert (cfg["embed_dim"], cfg["depth"], cfg["num_heads"]) == (96, 3, 4)
+    assert int(96 * cfg["mlp_ratio"]) == 200 and cfg["mlp_ratio"] != 2.0
+    assert model.encoder.blocks[0].attn.num_heads == 4
+    with torch.no_grad():
+        theirs = hf(VIDEO.transpose(1, 2), bool_masked_pos=MASK.bool()).last_hidden_state
+        assert torch.allclose(model.encoder(VIDEO, MASK), theirs, atol=1e-5)
+    save_model(model, cfg, tmp_path / "mar", masking=report.masking, report=report)
+    assert _masking(tmp_path / "mar") == {"name": "none", "ratio": 0.0}
+    with torch.no_grad():
+        assert torch.allclose(_rebuild(tmp_path / "mar").encoder(VIDEO, MASK), theirs,
+                              atol=1e-5)
+
+
+def test_transformers_classifier_of_any_shape(tmp_path):
+    torch.manual_seed(0)
+    hf = VideoMAEForVideoClassification(_odd_hf_config(use_mean_pooling=True,
+                                                       num_labels=6)).eval()
+    _perturb(hf)
+    hf.save_pretrained(tmp_path / "hf")
+    model, report = convert_checkpoint(tmp_path / "hf")
+    cfg = report.config
+    assert (cfg["name"], cfg["head"], cfg["num_classes"]) == ("custom", "linear", 6)
+    assert (cfg["embed_dim"], cfg["depth"], cfg["num_heads"]) == (96, 3, 4)
+    assert [b.mlp.fc1.out_features for b in model.encoder.blocks] == [200] * 3
+    assert not (report.missing or report.unexpected or report.initialised)
+    assert report.masking == {"name": "none", "ratio": 0.0}
+    model.head.fc_norm.eps = hf.fc_norm.eps          # transformers' 1e-5 (VideoMAE: 1e-6)
+    with torch.no_grad():
+        theirs = hf(VIDEO.transpose(1, 2)).logits
+        assert torch.allclose(model(VIDEO), theirs, atol=1e-5)
+    save_model(model, cfg, tmp_path / "mar", masking=report.masking, report=report)
+    assert _masking(tmp_path / "mar") == {"name": "none", "ratio": 0.0}
+    loaded, config = load_model(tmp_path / "mar")
+    assert config == cfg
+    rebuilt = _rebuild(tmp_path / "mar")
+    for m in (loaded, rebuilt):
+        m.head.fc_norm.eps = hf.fc_norm.eps
+        with torch.no_grad():
+            assert torch.allclose(m(VIDEO), theirs, atol=1e-5)
+
+
+def _official_finetuned_state(**kw) -> dict:
+    """An official VideoMAE / V2 fine-tuned state dict (meta tensors: shapes only)."""
+    with torch.device("meta"):
+        model = create_model(head="linear", final_norm=False, decoder=False, **kw)
+    return _videomae_finetuned(model)
+
+
+def test_videomae_v2_giant_shapes_give_vit_giant():
+    # the full ViT-g/14 (1408 wide, 40 deep, MLP 6144), on the meta device: no memory used
+    state = _official_finetuned_state(name="vit_giant", patch_size=14, num_classes=710)
+    assert state["blocks.39.mlp.fc1.weight"].shape == (6144, 1408)
+    assert state["patch_embed.proj.weight"].shape == (1408, 3, 2, 14, 14)
+    fmt = get_format("videomae")
+    mapped = apply_rules(state, fmt.rules, fmt.strip)
+    arch = infer_architecture(mapped.state, Hints())
+    assert (arch.name, arch.embed_dim, arch.depth, arch.num_heads) == ("vit_giant", 1408, 40, 16)
+    assert int(1408 * arch.mlp_ratio) == 6144 and arch.patch_size == 14
+    assert (arch.head, arch.num_classes, arch.final_norm) == ("linear", 710, False)
+
+
+def test_official_giant_width_checkpoint_converts(tmp_path):
+    # real weights at ViT-g width, 1 block deep (about 100 MB), a tiny clip
+    kw = dict(num_frames=2, img_size=28, patch_size=14)
+    torch.manual_seed(0)
+    src = create_model("vit_g1", embed_dim=1408, depth=1, num_heads=16, mlp_ratio=48 / 11,
+                       head="linear", num_classes=3, final_norm=False, **kw).eval()
+    path = _save({"module": _videomae_finetuned(src)}, tmp_path / "vit_g_1block.pth")
+    model, report = convert_checkpoint(path, num_frames=2, img_size=28)
+    cfg = report.config
+    assert (cfg["name"], cfg["embed_dim"], cfg["depth"], cfg["num_heads"]) == \
+        ("custom", 1408, 1, 16)
+    assert int(1408 * cfg["mlp_ratio"]) == 6144 and cfg["patch_size"] == 14
+    assert any("16 attention heads, as mar's vit_giant" in n for n in report.notes)
+    assert report.masking == {"name": "none", "ratio": 0.0}
+    video = torch.randn(1, 3, 2, 28, 28)
+    with torch.no_grad():
+        expected = src(video)
+        assert torch.equal(model(video), expected)
+    save_model(model, cfg, tmp_path / "mar", masking=report.masking)
+    del model, src
+    with torch.no_grad():
+        assert torch.equal(_rebuild(tmp_path / "mar")(video), expected)
+
+
+def test_mlp_ratio_gives_the_file_mlp_width_for_every_width():
+    # hidden / dim times dim can round below hidden (7 * (61 / 7) < 61): int() would lose one
+    assert int(7 * (61 / 7)) == 60
+    for dim in range(1, 129):
+        for hidden in range(1, 5 * dim):
+            ratio = mlp_ratio_for(dim, hidden)
+            assert int(dim * ratio) == hidden, (dim, hidden)
+            assert int(dim * json.loads(json.dumps(ratio))) == hidden       # via config.json
+
+
+def test_unknown_width_needs_num_heads(tmp_path):
+    src = create_model("w48", embed_dim=48, depth=2, num_heads=3, head="linear", num_classes=4,
+                       final_norm=False, **TINY)
+    _perturb(src)
+    path = _save(_videomae_finetuned(src.eval()), tmp_path / "w48.pth")
+    with pytest.raises(ConversionError, match=r"width 48 .*--num-heads") as e:
+        convert_checkpoint(path, **CLIP)
+    assert "\n" not in str(e.value)
+    model, report = convert_checkpoint(path, num_heads=3, **CLIP)
+    assert report.config["num_heads"] == 3 and report.config["mlp_ratio"] == 4.0
+    with torch.no_grad():
+        assert torch.equal(model(VIDEO, MASK), src(VIDEO, MASK))
+    assert _run(["convert", str(path), str(tmp_path / "x")]) == 1
+    assert _run(["convert", str(path), str(tmp_path / "y"), "--num-heads", "3"]) == 0
+    assert load_model(tmp_path / "y")[1]["num_heads"] == 3
+
+
+def test_heads_of_a_known_size_from_the_config_must_agree(tmp_path):
+    # vit_nano is 64 wide, 4 deep, 2 heads; a config with 4 heads needs --num-heads
+    config = _hf_config()
+    config.num_attention_heads = 4
+    hf = VideoMAEModel(config)
+    hf.save_pretrained(tmp_path / "hf")
+    with pytest.raises(ConversionError, match="gives 4 attention heads.*vit_nano has 2"):
+        convert_checkpoint(tmp_path / "hf", head="none")
+    model, report = convert_checkpoint(tmp_path / "hf", head="none", num_heads=4)
+    assert report.config["name"] == "custom" and report.config["num_heads"] == 4
+

@@ -32,6 +32,28 @@ def test_bad_lists_name_file_and_line(tmp_path, text, match):
         read_list(f)
 
 
+@pytest.mark.parametrize("content,says", [
+    (b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)), "l.txt: a binary file, not a text list"),
+    ("a.mp4 1\ncaf\u00e9.mp4 2\n".encode("latin-1"), "l.txt:2: not UTF-8 text (byte 0xe9)"),
+    ("a.mp4 1\n".encode("utf-16"), "l.txt: UTF-16 text, expected a UTF-8 list"),
+])
+def test_data_check_of_a_file_that_is_not_utf8_text_names_it(tmp_path, capsys, content, says):
+    f = tmp_path / "l.txt"
+    f.write_bytes(content)
+    assert main(["data", "check", str(f)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "error:" in err and f"{tmp_path}/{says}" in err
+
+
+def test_class_names_that_are_not_utf8_text_name_the_file(tmp_path):
+    f = tmp_path / "classes.txt"
+    f.write_bytes(b"\x00\x01binary")
+    with pytest.raises(ListError, match="classes.txt: a binary file, not a text class-name"):
+        read_class_names(f)
+    f.write_bytes("\ufeffcaf\u00e9\nth\u00e9\n".encode())  # UTF-8 with a byte-order mark is fine
+    assert read_class_names(f) == ["caf\u00e9", "th\u00e9"]
+
+
 def _touch(root, *names):
     for n in names:
         p = root / n

@@ -7,6 +7,7 @@ from mar.flops import (
     deploy_params,
     formula_flops,
     measure_flops,
+    model_cost,
     paper_row_cost,
 )
 
@@ -28,6 +29,31 @@ def test_counter_equals_closed_form(kwargs, ratio):
         model = create_model("vit_nano", **TINY, **kwargs)
     mask = make_masking("cell_running", ratio)(1, model.grid, train=False)
     assert measure_flops(model, mask) == formula_flops(model, mask.num_visible)
+
+
+@pytest.mark.parametrize("patch_size", [14, 16])
+@pytest.mark.parametrize("head", ["bridging", "linear"])
+@pytest.mark.parametrize("ratio", [0.0, 0.5])
+def test_counter_equals_closed_form_for_vit_giant(patch_size, head, ratio):
+    # VideoMAE V2's ViT-g (1408 wide, 40 deep, MLP 6144), full size on the meta device
+    with torch.device("meta"):
+        model = create_model("vit_giant", num_classes=400, patch_size=patch_size, head=head)
+    assert model.encoder.blocks[0].mlp.fc1.out_features == 6144
+    mask = make_masking("cell_running", ratio)(1, model.grid, train=False)
+    assert measure_flops(model, mask) == formula_flops(model, mask.num_visible)
+
+
+def test_model_cost_of_vit_giant_and_of_explicit_dims():
+    cost = model_cost("vit_giant", None, patch_size=14, head="linear")
+    assert cost.num_tokens == 2048 and cost.gflops == cost.formula_gflops
+    assert 1.0e9 < cost.params < 1.02e9                     # ViT-g: about 1.01B
+    # explicit dims override the table: vit_base's table entry at ViT-g's dims is ViT-g
+    same = model_cost("vit_base", None, patch_size=14, head="linear", embed_dim=1408,
+                      depth=40, num_heads=16, mlp_ratio=48 / 11)
+    assert same == cost
+    odd = model_cost("custom", make_masking("cell_running", 0.5), embed_dim=96, depth=3,
+                     num_heads=4, mlp_ratio=200 / 96)
+    assert odd.gflops == odd.formula_gflops and odd.num_visible == 784
 
 
 def test_meta_count_equals_count_on_real_weights():

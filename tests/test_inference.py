@@ -14,6 +14,7 @@ from videos import REAL
 from mar import create_model, make_masking
 from mar.data import make_backend
 from mar.inference import MaskedClassifier, export_onnx, load_run
+from mar.models.io import save_model
 
 KWARGS = {"name": "vit_nano", "num_classes": 6, "num_frames": 8, "img_size": 64,
           "patch_size": 16, "decoder": True}
@@ -21,13 +22,37 @@ KWARGS = {"name": "vit_nano", "num_classes": 6, "num_frames": 8, "img_size": 64,
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("model")
+    """A model directory of a (random) MAR model, recorded as tested at cell running 50 %."""
+    d = tmp_path_factory.mktemp("models") / "mar"
     torch.manual_seed(0)
-    model = create_model(**KWARGS)
-    save_file(model.state_dict(), str(d / "model.safetensors"))
-    (d / "config.json").write_text(json.dumps(KWARGS))
+    save_model(create_model(**KWARGS), KWARGS, d,
+               masking={"name": "cell_running", "ratio": 0.5})
     (d / "classes.txt").write_text("\n".join(f"class {i}" for i in range(6)) + "\n")
     return d
+
+
+def test_a_model_directory_runs_with_its_recorded_masking(model_dir, tmp_path):
+    _, cfg = load_run(model_dir)
+    assert cfg.test_masking().name == "cell_running" and cfg.test_masking().ratio == 0.5
+    full = tmp_path / "full"                      # a classifier trained on all tokens
+    save_model(load_run(model_dir)[0], KWARGS, full, masking={"name": "none", "ratio": 0.0})
+    model, cfg = load_run(full)
+    mask = cfg.test_masking()(1, model.grid, train=False)
+    assert mask.num_masked == 0
+    out = run("predict", str(REAL / "tree.avi"), "--checkpoint", str(full), "--json",
+              "--set", "data.test_clips=1", "--set", "data.test_crops=1")
+    assert out.returncode == 0, out.stderr
+    assert "test-time masking: none (64 of 64 tokens visible)" in out.stderr
+
+
+def test_a_model_directory_without_a_masking_record_runs_on_all_tokens(tmp_path, capsys):
+    legacy = tmp_path / "legacy"                  # written before masking.json existed
+    legacy.mkdir()
+    save_file(create_model(**KWARGS).state_dict(), str(legacy / "model.safetensors"))
+    (legacy / "config.json").write_text(json.dumps(KWARGS))
+    model, cfg = load_run(legacy)
+    assert cfg.test_masking()(1, model.grid, train=False).num_masked == 0
+    assert "no masking.json; using all tokens" in capsys.readouterr().err
 
 
 def run(*args):
@@ -101,9 +126,9 @@ def test_masked_classifier_is_the_deploy_path():
     x = torch.randn(2, 3, 8, 32, 32)
     full = make_masking("cell_running", 0.75)(2, model.grid, train=False)
     assert torch.allclose(wrapper(x), model(x, full))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="does not tile"):
         export_onnx(create_model("vit_nano", num_classes=3, num_frames=8, img_size=32,
-                                 patch_size=8), make_masking("cell_running", 0.6),
+                                 patch_size=8), make_masking("cell_running", 0.5, cell=(3, 3)),
                     "/tmp/never.onnx")
 
 

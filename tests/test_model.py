@@ -188,6 +188,51 @@ def test_sizes_match_videomae_dimensions():
     assert b.decoder.head.out_features == 1536
 
 
+def test_vit_giant_is_videomae_v2_vit_g():
+    g = SIZES["vit_giant"]
+    assert (g.embed_dim, g.depth, g.num_heads) == (1408, 40, 16)
+    with torch.device("meta"):
+        model = create_model("vit_giant", patch_size=14, head="linear", decoder=True)
+    block = model.encoder.blocks[0]
+    assert block.mlp.fc1.weight.shape == (6144, 1408) and block.attn.num_heads == 16
+    assert len(model.encoder.blocks) == 40 and model.grid == (8, 16, 16)
+    assert (model.decoder.proj.out_features, len(model.decoder.blocks),
+            model.decoder.blocks[0].attn.num_heads) == (512, 4, 8)
+
+
+def test_explicit_dims_override_the_size_table():
+    with torch.device("meta"):
+        model = create_model("vit_base", embed_dim=96, depth=3, num_heads=4, mlp_ratio=200 / 96,
+                             decoder=True, decoder_dim=48, decoder_depth=2, decoder_heads=3,
+                             decoder_mlp_ratio=2.5)
+        custom = create_model("my_vit", embed_dim=96, depth=3, num_heads=4, head="linear")
+    enc = model.encoder
+    assert (enc.embed_dim, len(enc.blocks), enc.blocks[0].attn.num_heads) == (96, 3, 4)
+    assert enc.blocks[0].mlp.fc1.out_features == 200
+    dec = model.decoder
+    assert (dec.proj.out_features, len(dec.blocks), dec.blocks[0].attn.num_heads) == (48, 2, 3)
+    assert dec.blocks[0].mlp.fc1.out_features == 120
+    assert custom.encoder.blocks[0].mlp.fc1.out_features == 384     # MLP ratio 4 by default
+    with pytest.raises(ValueError, match="unknown model 'my_vit'.*embed_dim, depth and num_heads"):
+        create_model("my_vit", embed_dim=96, depth=3)
+    with pytest.raises(ValueError, match="a decoder needs decoder_dim"):
+        create_model("my_vit", embed_dim=96, depth=3, num_heads=4, decoder=True)
+
+
+def test_training_config_takes_explicit_dims():
+    from mar.config import ConfigError, ModelConfig
+
+    cfg = ModelConfig(name="custom", embed_dim=96, depth=3, num_heads=4, mlp_ratio=200 / 96,
+                      num_classes=5, num_frames=8, img_size=32, patch_size=8)
+    model = cfg.build()
+    assert model.encoder.blocks[0].mlp.fc1.out_features == 200
+    assert ModelConfig(name="vit_giant").embed_dim is None          # None: from the table
+    with pytest.raises(ConfigError, match="unknown model 'custom'"):
+        ModelConfig(name="custom", embed_dim=96).build()
+    with pytest.raises(ConfigError, match="not divisible"):
+        ModelConfig(name="custom", embed_dim=96, depth=1, num_heads=5).build()
+
+
 def test_bad_inputs_fail_clearly():
     with pytest.raises(ValueError, match="unknown model 'vit_bse'"):
         create_model("vit_bse")

@@ -2,6 +2,8 @@
 and the demo end to end at a shrunken size."""
 
 import json
+import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import torch
 from mar import create_model, make_masking
 from mar.data import make_backend, read_list
 from mar.data.synth import CLASSES, SynthConfig, render, synthesize
+from mar.data.video_writer import write_video
 from mar.demo import DemoConfig, run_demo
 
 
@@ -37,6 +40,94 @@ def test_synthesize_writes_real_h264_lists_and_caches(tmp_path):
     synthesize(other, cfg)
     assert (other / "train" / "05_0000.mp4").read_bytes() == \
         (tmp_path / "train" / "05_0000.mp4").read_bytes()
+
+
+TINY = SynthConfig(num_frames=4, size=32, per_class_train=1, per_class_val=1)
+
+
+def _sizes(folder):
+    """(width, height) of every listed video, as the project's decoder reads them."""
+    probe = make_backend("pyav").probe
+    return {(info.width, info.height) for split in ("train", "val")
+            for info in map(probe, (r.path for r in read_list(folder / f"{split}.csv",
+                                                                 folder)))}
+
+
+def _stamps(folder):
+    """Each file's (mtime, inode): an atomic rewrite changes both."""
+    return {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in folder.rglob("*")
+            if p.is_file()}
+
+
+def test_a_set_made_with_other_settings_is_rebuilt(tmp_path):
+    synthesize(tmp_path, replace(TINY, per_class_train=2))
+    bigger = replace(TINY, size=48)
+    assert not synthesize(tmp_path, bigger)["cached"]
+    assert _sizes(tmp_path) == {(48, 48)}
+    # the videos of the old set that the new one does not list are gone too
+    assert len(list((tmp_path / "train").iterdir())) == len(CLASSES)
+    # a set written by an older version (a ``done`` marker, no synth.json) is rebuilt
+    (tmp_path / "synth.json").unlink()
+    (tmp_path / "done").write_text(repr(TINY))
+    synthesize(tmp_path, TINY)
+    assert _sizes(tmp_path) == {(32, 32)} and not (tmp_path / "done").exists()
+
+
+def test_the_same_settings_are_a_cache_hit_that_writes_nothing(tmp_path):
+    synthesize(tmp_path, TINY)
+    before = _stamps(tmp_path)
+    assert synthesize(tmp_path, TINY)["cached"]
+    assert _stamps(tmp_path) == before
+
+
+class _Stop(Exception):
+    pass
+
+
+def _interrupted(folder, cfg, after):
+    done = []
+
+    def progress():
+        done.append(1)
+        if len(done) == after:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        synthesize(folder, cfg, progress=progress)
+
+
+def test_an_interrupted_build_is_completed_with_its_own_settings(tmp_path):
+    _interrupted(tmp_path, TINY, after=5)
+    kept = _stamps(tmp_path / "train")
+    assert len(kept) == 5 and not (tmp_path / "train.csv").exists()
+    assert not synthesize(tmp_path, TINY)["cached"]
+    assert {p: _stamps(tmp_path)[p] for p in kept} == kept  # not drawn again
+    assert synthesize(tmp_path, TINY)["cached"]
+    # an interrupted rebuild with other settings: the rerun leaves no old video behind
+    bigger = replace(TINY, size=48)
+    _interrupted(tmp_path, bigger, after=3)
+    synthesize(tmp_path, bigger)
+    assert _sizes(tmp_path) == {(48, 48)}
+
+
+def test_a_folder_that_is_not_a_synthetic_set_is_refused_untouched(tmp_path):
+    (tmp_path / "train.csv").write_text("my/own/video.mp4 3\n")
+    (tmp_path / "notes.txt").write_text("mine")
+    before = _stamps(tmp_path)
+    refused = re.escape(f"{tmp_path}: not empty and not a synthetic set")
+    with pytest.raises(ValueError, match=refused):
+        synthesize(tmp_path, TINY)
+    assert _stamps(tmp_path) == before and len(list(tmp_path.iterdir())) == 2
+
+
+def test_write_video_picks_the_container_from_the_name_and_evens_the_size(tmp_path):
+    frames = np.random.default_rng(0).integers(0, 256, (3, 15, 21, 3), dtype=np.uint8)
+    path = write_video(tmp_path / "clip.mp4", frames, fps=5)
+    info = make_backend("pyav").probe(str(path))
+    assert (info.num_frames, info.width, info.height) == (3, 20, 14)
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]  # no temporary left
+    with pytest.raises(ValueError, match="clip.avi: unknown video extension"):
+        write_video(tmp_path / "clip.avi", frames)
 
 
 def _clips(labels, per_class, seed, size=32, frames=8):

@@ -161,18 +161,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .engine.distributed import init_distributed
-    from .engine.trainer import print_summary, run_eval
-    from .engine.weights import load_weights
+    from .engine.evaluate import print_summary, run_eval
+    from .inference import describe_masking, load_run
 
     path, overrides = _split_args(args.items)
-    cfg = load_config(path, overrides)
+    model, cfg = load_run(args.checkpoint, path, overrides)
     info = init_distributed(cfg.train.device)
-    model = cfg.model.build()
-    load_weights(model, args.checkpoint)
     model.to(info.device)
     out = Path(args.out) if args.out else None
     if out is not None and info.is_main:
         out.mkdir(parents=True, exist_ok=True)
+    if info.is_main:
+        print(describe_masking(cfg.test_masking(), model.grid))
     result = run_eval(cfg, model, args.split, info, out_dir=out)
     if info.is_main:
         print_summary(result.summary())
@@ -182,16 +182,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .inference import eval_masking, find_videos, load_run, predict
+    from .inference import describe_masking, eval_masking, find_videos, load_run, predict
 
     model, cfg = load_run(args.checkpoint, args.config, args.set)
+    masking = eval_masking(cfg, args.mask_ratio)
+    print(describe_masking(masking, model.grid), file=sys.stderr)
     names = None
     if args.class_names or cfg.data.class_names:
         from .data import read_class_names
 
         names = read_class_names(args.class_names or cfg.data.class_names)
     videos = find_videos(args.videos)
-    results = predict(model, cfg, videos, eval_masking(cfg, args.mask_ratio), args.topk)
+    results = predict(model, cfg, videos, masking, args.topk)
 
     def label(c: int) -> str:
         return names[c] if names and c < len(names) else str(c)
@@ -215,17 +217,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .inference import eval_masking, export_onnx, load_run
+    from .inference import describe_masking, eval_masking, export_onnx, load_run
 
     model, cfg = load_run(args.checkpoint, args.config, args.set)
     masking = eval_masking(cfg, args.mask_ratio)
+    print(describe_masking(masking, model.grid))
     path = export_onnx(model, masking, args.out, args.opset)
     mask = masking(1, model.grid, train=False)
     print(f"wrote {path}: input 'video' (batch, 3, {cfg.model.num_frames}, "
           f"{cfg.model.img_size}, {cfg.model.img_size}) normalised with mean "
           f"{cfg.model.pixel_mean} and std {cfg.model.pixel_std}; output 'logits' "
-          f"(batch, {cfg.model.num_classes}); {masking.name} mask, {mask.num_visible} of "
-          f"{mask.num_tokens} tokens visible")
+          f"(batch, {cfg.model.num_classes}); {mask.num_visible} of {mask.num_tokens} tokens "
+          "visible")
     return 0
 
 
@@ -245,22 +248,17 @@ def cmd_visualize(args: argparse.Namespace) -> int:
                             seed=args.seed)
         print(f"wrote {path}")
     if args.video:
-        from .data import ClipSampling, EvalTransform, VideoDataset, VideoRecord
-        from .inference import eval_masking, load_run
+        from .data import VideoRecord
+        from .inference import describe_masking, eval_masking, load_run
 
         if not args.checkpoint:
             raise ValueError("--checkpoint is needed to reconstruct a video")
         model, cfg = load_run(args.checkpoint, args.config, args.set)
-        dc = cfg.data
-        data = VideoDataset([VideoRecord(args.video, 0)], train=False,
-                            sampling=ClipSampling(dc.sampling, dc.num_frames, dc.stride),
-                            eval_transform=EvalTransform(dc.crop_size, 1, None,
-                                                         cfg.model.pixel_mean,
-                                                         cfg.model.pixel_std))
-        item = data[0]
+        item = cfg.eval_dataset([VideoRecord(args.video, 0)], 1, 1)[0]
         if not item["valid"]:
             raise ValueError(f"{args.video}: could not be decoded")
         masking = eval_masking(cfg, args.mask_ratio)
+        print(describe_masking(masking, model.grid))
         mask = masking(1, model.grid, train=False)
         clips = reconstruct(model, item["video"][None], mask)
         for path in reconstruction_figure(*clips, out / "reconstruction.png",
@@ -325,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .convert.cli import add_parser as add_convert_parser
 
     add_convert_parser(sub)
+    from .recipe import add_parser as add_recipe_parser
+
+    add_recipe_parser(sub)
     _add_run_args(sub.add_parser("train", help="fine-tune (MAR or standard training)"))
     _add_run_args(sub.add_parser("pretrain", help="self-supervised VideoMAE-style pretraining"))
     p = sub.add_parser("eval", help="evaluate a checkpoint (multi-view test by default)")

@@ -7,12 +7,16 @@ turns a typo in a YAML file into a one-line error instead of a silently ignored 
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from . import atomic
+from .constants import IMAGENET_MEAN, IMAGENET_STD
 from .masking import STRATEGIES, MaskingStrategy, make_masking
 from .models import SIZES, create_model
 from .models.mar import MAR
@@ -36,6 +40,12 @@ class ModelConfig(_Section):
     patch_size: int = Field(16, gt=0)
     tubelet_size: int = Field(2, gt=0)
     in_chans: int = Field(3, gt=0)
+    # explicit architecture (None: from the size table of `name`); a name outside the
+    # table needs embed_dim, depth and num_heads (a converted model's config.json has them)
+    embed_dim: int | None = Field(None, gt=0)
+    depth: int | None = Field(None, ge=0)
+    num_heads: int | None = Field(None, gt=0)
+    mlp_ratio: float | None = Field(None, gt=0)
     drop_path: float = Field(0.0, ge=0, lt=1)
     final_norm: bool = True
     head: Literal["bridging", "linear", "mlp", "none"] = "bridging"
@@ -49,15 +59,20 @@ class ModelConfig(_Section):
     decoder_dim: int | None = Field(None, gt=0)
     decoder_depth: int | None = Field(None, ge=0)
     decoder_heads: int | None = Field(None, gt=0)
+    decoder_mlp_ratio: float | None = Field(None, gt=0)
     norm_target: bool = True
-    pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    pixel_mean: tuple[float, float, float] = IMAGENET_MEAN
+    pixel_std: tuple[float, float, float] = IMAGENET_STD
 
     def build(self) -> MAR:
-        if self.name not in SIZES:
+        if self.name not in SIZES and None in (self.embed_dim, self.depth, self.num_heads):
             raise ConfigError(f"model.name: unknown model {self.name!r}; known: "
-                              f"{', '.join(SIZES)}")
-        return create_model(**self.model_dump())
+                              f"{', '.join(SIZES)} (another name needs model.embed_dim, "
+                              "model.depth and model.num_heads)")
+        try:
+            return create_model(**self.model_dump())
+        except ValueError as e:
+            raise ConfigError(f"model: {e}") from None
 
 
 class MaskingConfig(_Section):
@@ -118,31 +133,6 @@ class DataConfig(_Section):
     num_workers: int = Field(8, ge=0)
     cache_decoded: bool = False  # keep decoded videos in memory (small datasets only)
 
-    def dataset(self, split: Literal["train", "val", "test"], *, mean, std, seed: int = 0):
-        """The :class:`mar.data.VideoDataset` of a split; ``val`` is single-view."""
-        from .data import ClipSampling, EvalTransform, TrainTransform, VideoDataset, read_list
-
-        path = {"train": self.train_list, "val": self.val_list, "test": self.test_list}[split]
-        if path is None:
-            raise ConfigError(f"data.{split}_list is not set")
-        records = read_list(path, self.root)
-        sampling = ClipSampling(self.sampling, self.num_frames, self.stride,
-                                self.segment_test_style)
-        common = dict(sampling=sampling, backend=self.backend,
-                      decode_timeout=self.decode_timeout, max_retries=self.max_retries,
-                      seed=seed, cache=self.cache_decoded)
-        if split == "train":
-            transform = TrainTransform(self.crop_size, self.scale, self.ratio, self.flip_prob,
-                                       tuple(self.flip_pairs), self.rand_augment,
-                                       self.erase_prob, tuple(mean), tuple(std))
-            return VideoDataset(records, train=True, train_transform=transform,
-                                repeats=self.repeats, **common)
-        clips, crops = (1, 1) if split == "val" else (self.test_clips, self.test_crops)
-        transform = EvalTransform(self.crop_size, crops, self.short_side, tuple(mean),
-                                  tuple(std))
-        return VideoDataset(records, train=False, eval_transform=transform, num_clips=clips,
-                            **common)
-
 
 class TrainConfig(_Section):
     """Optimisation and bookkeeping (Table I). ``batch_size`` is per process; the
@@ -173,7 +163,8 @@ class TrainConfig(_Section):
     log_every: int = Field(10, gt=0)
     max_steps: int | None = Field(None, gt=0)  # stop early (smoke tests, demos)
     device: str = "auto"
-    init: str | None = None  # weights to start from (a mar checkpoint or model directory)
+    init: str | None = None  # weights to start from (a mar run, checkpoint or model directory)
+    num_gpus: int | None = Field(None, gt=0)  # processes the recipe is written for (mar recipe)
 
 
 class EvalConfig(_Section):
@@ -199,14 +190,64 @@ class Config(_Section):
         if self.data.crop_size != self.model.img_size:
             raise ValueError(f"data.crop_size ({self.data.crop_size}) differs from "
                              f"model.img_size ({self.model.img_size})")
+        # build what the run will build, now: a bad name or shape fails at load time,
+        # before anything is written (the model on the meta device: shapes, no memory)
+        for masking in (self.masking, self.eval_masking):
+            if masking is not None:
+                masking.build()
+        try:
+            with torch.device("meta"):
+                self.model.build()
+        except (TypeError, ValueError) as e:
+            raise ValueError(str(e).removeprefix("model: ")) from None
         return self
 
     def test_masking(self) -> MaskingStrategy:
         """The evaluation mask: ``eval_masking`` if set, else the training strategy."""
         return (self.eval_masking or self.masking).build()
 
+    def dataset(self, split: Literal["train", "val", "test"]):
+        """The :class:`mar.data.VideoDataset` of a split's list; ``val`` is single-view,
+        ``test`` the ``test_clips x test_crops`` views."""
+        from .data import TrainTransform, VideoDataset, read_list
 
-def _parse_override(item: str) -> tuple[list[str], Any]:
+        dc = self.data
+        path = {"train": dc.train_list, "val": dc.val_list, "test": dc.test_list}[split]
+        if path is None:
+            raise ConfigError(f"data.{split}_list is not set")
+        records = read_list(path, dc.root)
+        if split != "train":
+            views = (1, 1) if split == "val" else (dc.test_clips, dc.test_crops)
+            return self.eval_dataset(records, *views)
+        transform = TrainTransform(dc.crop_size, dc.scale, dc.ratio, dc.flip_prob,
+                                   tuple(dc.flip_pairs), dc.rand_augment, dc.erase_prob,
+                                   self.model.pixel_mean, self.model.pixel_std)
+        return VideoDataset(records, train=True, train_transform=transform,
+                            repeats=dc.repeats, **self._dataset_options())
+
+    def eval_dataset(self, records, clips: int, crops: int):
+        """Test views (``clips x crops`` per video) of ``records`` (:class:`VideoRecord`),
+        decoded and transformed as this config says: the one evaluation-data builder of
+        evaluation, prediction and visualisation."""
+        from .data import EvalTransform, VideoDataset
+
+        dc = self.data
+        transform = EvalTransform(dc.crop_size, crops, dc.short_side, self.model.pixel_mean,
+                                  self.model.pixel_std)
+        return VideoDataset(records, train=False, eval_transform=transform, num_clips=clips,
+                            **self._dataset_options())
+
+    def _dataset_options(self) -> dict:
+        from .data import ClipSampling
+
+        dc = self.data
+        return dict(sampling=ClipSampling(dc.sampling, dc.num_frames, dc.stride,
+                                          dc.segment_test_style),
+                    backend=dc.backend, decode_timeout=dc.decode_timeout,
+                    max_retries=dc.max_retries, seed=self.train.seed, cache=dc.cache_decoded)
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
     key, sep, value = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {item!r}: expected key.path=value")
@@ -214,13 +255,15 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
         parsed = yaml.safe_load(value)
     except yaml.YAMLError:
         parsed = value
-    return key.split("."), parsed
+    return key, parsed
 
 
 def _set(tree: dict, path: list[str], value: Any, where: str) -> None:
     node = tree
     for part in path[:-1]:
-        child = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or an optional section left unset (null)
+            node[part] = {}
+        child = node[part]
         if not isinstance(child, dict):
             raise ConfigError(f"{where}: {'.'.join(path)}: {part} is not a section")
         node = child
@@ -239,6 +282,29 @@ def _format(error: ValidationError, where: str) -> str:
     return f"{where}: {loc}: {msg}, got {first.get('input')!r}{more}"
 
 
+def apply_overrides(tree: dict, overrides: list[str] | dict[str, Any],
+                    where: str = "override") -> dict:
+    """A copy of the config tree ``tree`` with overrides applied: ``key.path=value``
+    strings (the command line; values parsed as YAML) or a dict of ``key.path``: value."""
+    tree = copy.deepcopy(tree)
+    items = (overrides.items() if isinstance(overrides, dict)
+             else map(_parse_override, overrides))
+    for key, value in items:
+        _set(tree, key.split("."), value, where)
+    return tree
+
+
+def build_config(tree: dict, overrides: list[str] | dict[str, Any] = (),
+                 where: str = "config") -> Config:
+    """Validate a config tree (nested dicts, as YAML gives) after ``overrides``; a bad
+    value is a :class:`ConfigError` naming ``where`` and the key."""
+    tree = apply_overrides(tree, overrides)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format(e, where)) from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     """Defaults, then the YAML file at ``path``, then ``key.path=value`` overrides."""
     tree: dict = {}
@@ -250,22 +316,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             raise ConfigError(f"{path}: no such config file")
         try:
             tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
-    for item in overrides:
-        keys, value = _parse_override(item)
-        _set(tree, keys, value, "override")
-    try:
-        return Config.model_validate(tree)
-    except ValidationError as e:
-        raise ConfigError(_format(e, where)) from None
+    return build_config(tree, overrides, where)
+
+
+def config_tree(config: Config) -> dict:
+    """The config as plain data (every field), the inverse of :func:`build_config`."""
+    return config.model_dump(mode="json")
 
 
 def save_config(config: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (every field, defaults included), atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    tmp.replace(path)
+    atomic.write_text(path, yaml.safe_dump(config_tree(config), sort_keys=False))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .config import Config, load_config
+from .config import Config, build_config
 from .data.synth import CLASSES, SynthConfig, synthesize
 
 
@@ -61,7 +61,7 @@ def run_config(demo: DemoConfig, data: Path, mar: bool) -> Config:
             "train.rec_weight": 0.1} if mar else
            {"model.head": "linear", "masking.name": "none", "masking.ratio": 0.0,
             "train.rec_weight": 0.0})
-    return load_config(None, [f"{k}={json.dumps(v)}" for k, v in {**common, **arm}.items()])
+    return build_config({}, {**common, **arm}, where="mar demo")
 
 
 @torch.no_grad()
@@ -88,7 +88,8 @@ def run_demo(demo: DemoConfig = DemoConfig()) -> dict:
     from tqdm import tqdm
 
     from .engine.distributed import init_distributed
-    from .engine.trainer import run_eval, train
+    from .engine.evaluate import run_eval
+    from .engine.trainer import train
     from .flops import formula_flops
     from .inference import load_run
     from .masking import make_masking
@@ -124,9 +125,7 @@ def run_demo(demo: DemoConfig = DemoConfig()) -> dict:
             curve = []
             for ratio in (0.0, 0.25, 0.5, 0.75):
                 masking = make_masking("cell_running", ratio)
-                test_cfg = cfg.model_copy(update={"eval_masking": cfg.masking.model_copy(
-                    update={"ratio": ratio})})
-                result = run_eval(test_cfg, model, "test", info)
+                result = run_eval(cfg, model, "test", info, masking=masking)
                 mask = masking(1, model.grid, train=False)
                 curve.append((ratio, formula_flops(model, mask.num_visible) / 1e9,
                               result.video_top1))
@@ -183,17 +182,11 @@ def _plot(rows: dict, path: Path) -> Path:
 
 
 def _reconstruction(model, cfg: Config, data: Path, out: Path) -> Path:
-    from .data import ClipSampling, EvalTransform, VideoDataset, read_list
+    from .data import read_list
     from .visualize import reconstruct, reconstruction_figure
 
-    records = read_list(data / "val.csv", data)
-    dc = cfg.data
-    dataset = VideoDataset(records[:1], train=False,
-                           sampling=ClipSampling(dc.sampling, dc.num_frames, dc.stride),
-                           eval_transform=EvalTransform(dc.crop_size, 1, None,
-                                                        cfg.model.pixel_mean,
-                                                        cfg.model.pixel_std))
+    item = cfg.eval_dataset(read_list(data / "val.csv", data)[:1], 1, 1)[0]
     mask = cfg.test_masking()(1, model.grid, train=False)
-    clips = reconstruct(model, dataset[0]["video"][None], mask)
+    clips = reconstruct(model, item["video"][None], mask)
     return reconstruction_figure(*clips, out / "reconstruction.png",
                                  out / "reconstruction.mp4")[0]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,63 +10,69 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, build_config, load_config
 from .data.prepare import VIDEO_EXTENSIONS
-from .engine.weights import load_weights, weights_file
 from .masking import Mask, MaskingStrategy, make_masking
 from .models import MAR
+from .models.io import has_decoder, load_weights, read_model_dir, weights_file
 
 
 def load_run(path: str | Path, config: str | Path | None = None,
              overrides: list[str] = ()) -> tuple[MAR, Config]:
-    """A model and its config from a training checkpoint, a run's ``best/``, or a
-    converted model directory (``config.json`` with the ``create_model`` arguments).
+    """A model (eval mode) and its config from a training run (its ``best/``, else its
+    newest checkpoint), a checkpoint, or a mar model directory: the one loader of
+    ``mar eval``, ``predict``, ``export`` and ``visualize``.
 
-    The config is, in order: ``config`` if given; the checkpoint's own ``state.pt``;
-    ``config.yaml`` of the run directory; ``config.json`` of a model directory; then the
-    ``key.path=value`` overrides.
+    The config is ``config`` if given; else the checkpoint's own (``state.pt``, then the
+    run's ``config.yaml``); else the model directory's ``config.json`` with the test-time
+    masking of its ``masking.json``; else, for bare weights, the defaults. The
+    ``key.path=value`` overrides come last. The model
+    gets a reconstruction decoder exactly when the weights hold one (training adds it
+    whenever lambda > 0), and the weights load strictly.
     """
-    path = Path(path)
     file = weights_file(path)
     folder = file.parent
     if config is not None:
-        cfg = load_config(config)
+        cfg = load_config(config, overrides)
     elif (folder / "state.pt").is_file() and "config" in (
             state := torch.load(folder / "state.pt", weights_only=True)):
-        cfg = Config.model_validate(state["config"])
+        cfg = build_config(state["config"], overrides, f"{folder / 'state.pt'}")
     elif (folder.parent / "config.yaml").is_file():
-        cfg = load_config(folder.parent / "config.yaml")
+        cfg = load_config(folder.parent / "config.yaml", overrides)
     elif (folder / "config.json").is_file():
-        kwargs = json.loads((folder / "config.json").read_text())
-        model_kwargs = {k: v for k, v in kwargs.items() if k != "name"}
-        cfg = load_config(None, [
-            f"model.name={kwargs.get('name', 'vit_base')}",
-            *(f"model.{k}={json.dumps(v)}" for k, v in model_kwargs.items()),
-            f"data.num_frames={kwargs.get('num_frames', 16)}",
-            f"data.crop_size={kwargs.get('img_size', 224)}"])
+        cfg = build_config(model_dir_tree(folder), overrides, str(folder))
+    elif overrides:
+        cfg = load_config(None, overrides)
     else:
-        raise ConfigError(f"{path}: no config found beside the weights; pass --config")
-    from safetensors import safe_open
-
-    with safe_open(str(file), "pt") as f:
-        has_decoder = any(k.startswith("decoder.") for k in f.keys())  # noqa: SIM118
-    if overrides:
-        tree = cfg.model_dump(mode="json")
-        cfg = load_config(None, [*_flatten(tree), *overrides])
-    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"decoder": has_decoder})})
-    model = cfg.model.build()
+        raise ConfigError(f"{path}: no config found beside the weights; pass --config "
+                          "or key=value settings")
+    model_cfg = cfg.model.model_copy(update={"decoder": has_decoder(file)})
+    model = model_cfg.build()
     load_weights(model, file)
-    return model.eval(), cfg
+    return model.eval(), cfg.model_copy(update={"model": model_cfg})
 
 
-def _flatten(tree: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out += _flatten(value, f"{prefix}{key}.")
-        else:
-            out.append(f"{prefix}{key}={json.dumps(value)}")
-    return out
+def model_dir_tree(folder: Path) -> dict:
+    """The config tree of a mar model directory: its model, clip size and test masking.
+
+    A directory written before ``masking.json`` existed runs on all tokens (a note says
+    so): the safe choice, since a model trained on all tokens loses accuracy on half."""
+    model, masking = read_model_dir(folder)
+    if masking is None:
+        print(f"note: {folder} has no masking.json; using all tokens at test time "
+              "(pass eval_masking.* to choose)", file=sys.stderr)
+        masking = {"name": "none", "ratio": 0.0}
+    return {"model": model, "eval_masking": masking,
+            "data": {"num_frames": model.get("num_frames", 16),
+                     "crop_size": model.get("img_size", 224)}}
+
+
+def describe_masking(masking: MaskingStrategy, grid: tuple[int, int, int]) -> str:
+    """One line naming the test-time masking and the tokens it keeps."""
+    mask = masking(1, grid, train=False)
+    what = "none" if mask.num_masked == 0 else f"{masking.name} {masking.ratio:.0%}"
+    return (f"test-time masking: {what} ({mask.num_visible} of {mask.num_tokens} tokens "
+            "visible)")
 
 
 def find_videos(items: list[str]) -> list[Path]:
@@ -98,15 +104,11 @@ class Prediction:
 def predict(model: MAR, cfg: Config, videos: list[Path], masking: MaskingStrategy,
             topk: int = 5, batch_size: int = 8) -> list[Prediction]:
     """Softmax averaged over the config's test views (clips x crops) of each video."""
-    from .data import ClipSampling, EvalTransform, VideoDataset, VideoRecord, collate
+    from .data import VideoRecord, collate
 
     dc = cfg.data
-    dataset = VideoDataset(
-        [VideoRecord(str(v), 0) for v in videos], train=False,
-        sampling=ClipSampling(dc.sampling, dc.num_frames, dc.stride, dc.segment_test_style),
-        eval_transform=EvalTransform(dc.crop_size, dc.test_crops, dc.short_side,
-                                     cfg.model.pixel_mean, cfg.model.pixel_std),
-        num_clips=dc.test_clips, backend=dc.backend, decode_timeout=dc.decode_timeout)
+    dataset = cfg.eval_dataset([VideoRecord(str(v), 0) for v in videos], dc.test_clips,
+                               dc.test_crops)
     device = next(model.parameters()).device
     sums = torch.zeros(len(videos), cfg.model.num_classes)
     counts = torch.zeros(len(videos))

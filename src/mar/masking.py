@@ -10,6 +10,27 @@ A *running* mask starts from a pattern inside each running cell (r x q tokens, n
 row-major) and, frame by frame, moves every masked slot one position forward in that
 order, cyclically (paper eq. 1). Cell running masking uses small cells (2 x 2); uniform,
 random and block running masking use one cell as large as the frame.
+
+Cell running counts and first-frame patterns (see docs/masking.md):
+
+- A cell of p = r * q positions masks k = the whole count nearest ``ratio * p`` (a tie,
+  x.5, goes up), kept in 1..p-1, in every cell of every frame; the real masked fraction
+  is k / p (:meth:`MaskingStrategy.effective_ratio`). 2 x 2 at 0.6 masks 2 of 4 (50 %),
+  7 x 7 at 0.5 masks 25 of 49 (51.0 %).
+- The first frame ("state A") masks the first k positions (``initial="first"``) or k
+  positions spread with a fractional stride p / k (``"uniform"``). By default cells of at
+  most 4 positions use "first" (2 x 2 at 50 %: [1, 1, 0, 0], the paper's Fig. 3(e)) and
+  larger cells "uniform", so that they do not degenerate into a block (paper §IV, Table IV).
+- The cell must tile the frame; otherwise a ValueError names the cell and the grid.
+
+The official code (MAR ``models/base/agents.py``) differs on ratios the cell does not
+divide: ``CellRunningMaskAgent`` (2 x 2, the one every official config uses) floors the
+per-cell count (0.6 -> 2 of 4, 0.9 -> 3 of 4); ``CellRunningMaskAgentMultiCell`` (any
+cell, used by no config) takes the ceiling, spreads the masked positions through the cell
+with a stride and asserts the count. The nearest count agrees with the ceiling where
+``ratio * p`` ends in .5 or more (Table IV's 7 x 7 at 50 %) and with the floor below that
+(2 x 2 at 0.6 or 0.9); it differs from the floor at, e.g., 2 x 2 at 0.7 (3 of 4 here,
+2 of 4 there). Every official config uses 2 x 2 at 0.5, where all three agree.
 """
 
 from __future__ import annotations
@@ -136,6 +157,54 @@ def _run(base: Tensor, steps: int, start: Tensor) -> Tensor:
     return torch.gather(base.unsqueeze(1).expand(-1, steps, -1, -1), 3, src)
 
 
+def cell_count(ratio: float, p: int) -> int:
+    """Masked positions per running cell of ``p`` positions for ``ratio``.
+
+    The whole count nearest ``ratio * p``, a tie (x.5) going up as the official multi-cell
+    agent's ceiling does (7 x 7 at 0.5: 24.5 -> 25), then kept in 1..p-1 so that a cell
+    always masks something and always shows something (2 x 2 at 0.9: 3.6 -> 3, the
+    official 2 x 2 agent's floor). ``ratio`` 0 gives 0 (nothing masked).
+    """
+    if p < 2:
+        raise ValueError(f"a running cell needs at least 2 positions, got {p}")
+    if ratio == 0:
+        return 0
+    k = math.floor(ratio * p + 0.5 + 1e-9)  # 1e-9: 24/49 * 49 may land just under 24
+    return min(max(k, 1), p - 1)
+
+
+def first_pattern(p: int, k: int) -> Tensor:
+    """(p,) boolean, the first k positions masked: state A of the paper's 2 x 2 cell."""
+    base = torch.zeros(p, dtype=torch.bool)
+    base[:k] = True
+    return base
+
+
+def spread_pattern(p: int, k: int) -> Tensor:
+    """(p,) boolean, k positions masked at floor(i * p / k), i = 0..k-1 (stride p / k).
+
+    This is a balanced pattern: every cyclic run of L consecutive positions holds
+    floor(L k / p) or ceil(L k / p) masked ones. Running moves the pattern one position
+    per frame, so over any T consecutive frames each position is masked floor or ceil of
+    T k / p times, and every frame masks exactly k. In a 7-wide cell at 50 % the row-major
+    stride of about 2 gives a near checkerboard; in a 14-wide frame, columns.
+    """
+    base = torch.zeros(p, dtype=torch.bool)
+    base[[i * p // k for i in range(k)]] = True
+    return base
+
+
+def _tiling_error(name: str, cell: tuple[int, int], grid: Grid) -> ValueError:
+    """The error for a cell that does not tile the frame, with the sides that would."""
+    t, h, w = grid
+    rows = [d for d in range(1, h + 1) if h % d == 0]
+    cols = [d for d in range(1, w + 1) if w % d == 0]
+    return ValueError(f"{name}: cell {cell[0]}x{cell[1]} does not tile the {h}x{w} token "
+                      f"frame of grid {t}x{h}x{w} (partial cells are not supported); cell "
+                      f"rows must divide {h} ({', '.join(map(str, rows))}) and columns "
+                      f"{w} ({', '.join(map(str, cols))})")
+
+
 def _shuffle_time(masked: Tensor, generator) -> Tensor:
     """Randomly permute the T' frame masks of each sample: (B, T', ...) -> same."""
     b, t = masked.shape[:2]
@@ -173,6 +242,12 @@ class MaskingStrategy:
     def masked(self, batch_size: int, grid: Grid, train: bool, generator) -> Tensor:
         """(B, T', H', W') boolean, True = masked. Subclasses implement this."""
         raise NotImplementedError
+
+    def effective_ratio(self, grid: Grid) -> float:
+        """The fraction of ``grid``'s tokens really masked: ``ratio`` after rounding to
+        whole tokens (the same for training and evaluation masks)."""
+        mask = self(1, grid, train=False)
+        return mask.num_masked / mask.num_tokens
 
 
 @dataclass(frozen=True)
@@ -238,17 +313,25 @@ class BlockMasking(MaskingStrategy):
 
 @dataclass(frozen=True)
 class CellRunningMasking(MaskingStrategy):
-    """Cell running masking, MAR's strategy (paper §III-B, Fig. 3(d-e), Fig. 4).
+    """Cell running masking, MAR's strategy (paper §III-B, Fig. 3(d-e), Fig. 4, Table IV).
 
-    The frame is tiled by cells of ``cell`` = (r, q) tokens, positions numbered
-    row-major. State A masks the first k = ratio * r * q positions (``initial="first"``,
-    the official order) or k positions spread evenly (``initial="uniform"``, for large
-    cells); each next frame moves the masked slots one position forward, cyclically.
+    The frame is tiled by cells of ``cell`` = (r, q) tokens, p = r * q positions numbered
+    row-major; a cell that does not tile the frame is a ValueError. Every cell of every
+    frame masks k = :func:`cell_count` (ratio, p) positions: the nearest whole count, ties
+    up, in 1..p-1 (so 7 x 7 at 0.5 masks 25 of 49; :meth:`effective_ratio` gives k / p).
+    State A masks the first k positions (``initial="first"``) or k positions spread with
+    stride p / k (``"uniform"``); the default ``None`` takes "first" for cells of at most
+    4 positions (2 x 2 at 50 %: [1, 1, 0, 0], the paper's and the official pattern) and
+    "uniform" for larger ones, which the paper says must not start as a block (Table IV).
+    Each next frame moves the masked slots one position forward, cyclically.
 
     Training: each clip (``spatial="repeated"``) or each cell (``"random"``) draws a
-    random start state; ``temporal="shuffled"`` then permutes the frame order
+    random start state in 0..p-1; ``temporal="shuffled"`` then permutes the frame order
     (Table III(a); the paper's best is repeated + shuffled). Evaluation: every cell
     starts at ``start_state`` (0 = A, 1 = B, ...; Table III(b)), frames in order.
+
+    The official 2 x 2 agent floors k (0.6 -> 2 of 4); its multi-cell agent, used by no
+    config, takes the ceiling and spreads with a stride; see the module docstring.
     """
 
     name: ClassVar[str] = "cell_running"
@@ -256,7 +339,10 @@ class CellRunningMasking(MaskingStrategy):
     spatial: Literal["repeated", "random"] = "repeated"
     temporal: Literal["shuffled", "fixed"] = "shuffled"
     start_state: int = 0
-    initial: Literal["first", "uniform"] = "first"
+    initial: Literal["first", "uniform"] | None = None
+
+    # cells up to this many positions start with "first" by default (2 x 2, 1 x 2, ...)
+    SMALL_CELL: ClassVar[int] = 4
 
     def __post_init__(self):
         super().__post_init__()
@@ -266,39 +352,50 @@ class CellRunningMasking(MaskingStrategy):
         if self.temporal not in ("shuffled", "fixed"):
             raise ValueError(f"{self.name}: temporal must be 'shuffled' or 'fixed', got "
                              f"{self.temporal!r}")
-        if self.initial not in ("first", "uniform"):
-            raise ValueError(f"{self.name}: initial must be 'first' or 'uniform', got "
-                             f"{self.initial!r}")
+        if self.initial not in ("first", "uniform", None):
+            raise ValueError(f"{self.name}: initial must be 'first', 'uniform' or None "
+                             f"(by cell size), got {self.initial!r}")
+        if self.cell is not None:
+            r, q = self.cell
+            if r < 1 or q < 1 or r * q < 2:
+                raise ValueError(f"{self.name}: a running cell needs at least 2 positions, "
+                                 f"got cell {r}x{q}")
 
     def cell_shape(self, grid: Grid) -> tuple[int, int]:
-        return tuple(self.cell)
+        """(r, q) of the running cell on ``grid``; ValueError if it does not tile it."""
+        r, q = tuple(self.cell)
+        if grid[1] % r or grid[2] % q:
+            raise _tiling_error(self.name, (r, q), grid)
+        return r, q
+
+    def initial_for(self, p: int) -> Literal["first", "uniform"]:
+        """The first-frame pattern of a cell of ``p`` positions (resolves ``None``)."""
+        if self.initial is not None:
+            return self.initial
+        return "first" if p <= self.SMALL_CELL else "uniform"
+
+    def masked_per_cell(self, grid: Grid) -> int:
+        """k: masked positions in every cell of every frame on ``grid``."""
+        r, q = self.cell_shape(grid)
+        return cell_count(self.ratio, r * q)
+
+    def effective_ratio(self, grid: Grid) -> float:
+        r, q = self.cell_shape(grid)
+        return self.masked_per_cell(grid) / (r * q)
 
     def masked(self, batch_size, grid, train, generator):
         t, h, w = grid
         r, q = self.cell_shape(grid)
-        if r <= 0 or q <= 0 or h % r or w % q:
-            raise ValueError(f"{self.name}: cell {r}x{q} does not tile the {h}x{w} token grid")
-        p = r * q
-        k = self.ratio * p
-        if abs(k - round(k)) > 1e-6:
-            lo, hi = math.floor(k) / p, math.ceil(k) / p
-            raise ValueError(f"{self.name}: a {r}x{q} cell masks whole positions, so the "
-                             f"ratio must be a multiple of 1/{p}; got {self.ratio} "
-                             f"(nearest: {lo:.4g} or {hi:.4g})")
-        k = round(k)
+        p, k = r * q, self.masked_per_cell(grid)
         n_cells = (h // r) * (w // q)
-        base = torch.zeros(p, dtype=torch.bool)
-        if self.initial == "first":
-            base[:k] = True
-        else:
-            base[[i * p // k for i in range(k)]] = True
-        base = base.expand(batch_size, n_cells, p)
+        pattern = first_pattern if self.initial_for(p) == "first" else spread_pattern
+        base = pattern(p, k).expand(batch_size, n_cells, p)          # (B, C, P)
         if train:
             shape = (batch_size, 1) if self.spatial == "repeated" else (batch_size, n_cells)
             start = torch.randint(0, p, shape, generator=generator).expand(-1, n_cells)
         else:
             start = torch.full((batch_size, n_cells), self.start_state % p)
-        masked = _run(base, t, start)
+        masked = _run(base, t, start)                                   # (B, T', C, P)
         masked = rearrange(masked, "b t (hc wc) (r q) -> b t (hc r) (wc q)",
                            hc=h // r, r=r, q=q)
         if train and self.temporal == "shuffled":
@@ -316,7 +413,7 @@ class UniformRunningMasking(CellRunningMasking):
     name: ClassVar[str] = "uniform_running"
     cell: tuple[int, int] | None = None
     temporal: Literal["shuffled", "fixed"] = "fixed"
-    initial: Literal["first", "uniform"] = "uniform"
+    initial: Literal["first", "uniform"] | None = "uniform"
 
     def cell_shape(self, grid: Grid) -> tuple[int, int]:
         return (grid[1], grid[2])

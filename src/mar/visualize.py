@@ -112,18 +112,8 @@ def reconstruction_figure(original: Tensor, masked: Tensor, rebuilt: Tensor,
     plt.close(fig)
     out = [Path(png)]
     if mp4 is not None:
-        import av
+        from .data.video_writer import write_video
 
         strip = torch.cat([original, masked, rebuilt], dim=2).numpy()  # (T, H, 3W, C)
-        h, w = strip.shape[1] // 2 * 2, strip.shape[2] // 2 * 2
-        with av.open(str(mp4), "w") as container:
-            stream = container.add_stream("libx264", rate=fps)
-            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-            for frame in strip[:, :h, :w]:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(
-                        np.ascontiguousarray(frame), format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
-        out.append(Path(mp4))
+        out.append(write_video(mp4, strip, fps, crf=23))
     return out

@@ -11,8 +11,10 @@ from .formats import FORMAT_NAMES
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "convert", help="convert VideoMAE / transformers / image-MAE / official MAR weights",
-        description="Convert a checkpoint into a mar model directory (model.safetensors + "
-        "config.json), loading strictly and printing what happened to every key. Example, "
+        description="Convert a checkpoint into a mar model directory (model.safetensors, "
+        "config.json, masking.json), loading strictly and printing what happened to every "
+        "key and the test-time masking recorded. Any width, depth, head count and MLP ratio "
+        "converts. Example, "
         "a VideoMAE pretraining checkpoint as the start of MAR on SSv2: `mar convert "
         "checkpoint.pth mar-vitb-ssv2/ --num-classes 174 --decoder`.")
     p.add_argument("src", help="a .pth/.bin/.safetensors file or a transformers model directory")
@@ -35,6 +37,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    "config's, else 224)")
     p.add_argument("--tubelet-size", type=int, default=2,
                    help="frames per tubelet when inflating 2-D image weights (default: 2)")
+    p.add_argument("--num-heads", type=int, help="attention heads of the encoder, which the "
+                   "weights do not store (default: the transformers config's, else mar's size "
+                   "of that width; required for other widths)")
+    p.add_argument("--decoder-heads", type=int, help="attention heads of the file's "
+                   "reconstruction decoder (default: the transformers config's, else "
+                   "VideoMAE's decoder of that width)")
+    p.add_argument("--test-masking", choices=["none", "cell_running"],
+                   help="test-time masking to record in masking.json (default: cell_running "
+                   "for the official MAR code's checkpoints, none for every other source)")
+    p.add_argument("--mask-ratio", type=float, help="ratio of --test-masking cell_running "
+                   "(default 0.5)")
     p.add_argument("--allow-unexpected", action="store_true",
                    help="convert even if some keys of the file are used by no rule (listed)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DST")
@@ -44,18 +57,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """Convert, save, print the report; on failure a one-line error and exit code 1."""
+    from ..models.io import ModelFileError, save_model
     from .convert import convert_checkpoint
-    from .model_dir import save_model
-    from .report import ConversionError
+    from .report import ConversionError, describe_masking
 
     try:
         model, report = convert_checkpoint(
             args.src, format=args.format, num_classes=args.num_classes,
             drop_head=args.drop_head, decoder=args.decoder, num_frames=args.num_frames,
             img_size=args.img_size, head=args.head, tubelet_size=args.tubelet_size,
+            num_heads=args.num_heads, decoder_heads=args.decoder_heads,
+            test_masking=args.test_masking, mask_ratio=args.mask_ratio,
             allow_unexpected=args.allow_unexpected)
-        save_model(model, report.config, args.dst, overwrite=args.overwrite, report=report)
-    except (ConversionError, OSError) as e:
+        save_model(model, report.config, args.dst, masking=report.masking,
+                   overwrite=args.overwrite, report=report)
+    except (ConversionError, ModelFileError, OSError) as e:
         report = getattr(e, "report", None)
         if report is not None and (report.missing or report.unexpected):
             print("\n".join(report.lines()))                # the keys behind the error
@@ -63,8 +79,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
         return 1
     print("\n".join(report.lines()))
     cfg = report.config
-    print(f"wrote {args.dst}: {cfg['name']}, head {cfg['head']}"
+    arch = cfg["name"]
+    if "embed_dim" in cfg:
+        hidden = int(cfg["embed_dim"] * cfg["mlp_ratio"])
+        arch += (f" (width {cfg['embed_dim']}, depth {cfg['depth']}, {cfg['num_heads']} heads, "
+                 f"MLP {hidden})")
+    print(f"wrote {args.dst}: {arch}, head {cfg['head']}"
           + (f" ({cfg['num_classes']} classes)" if cfg["head"] != "none" else "")
           + (", with decoder" if cfg["decoder"] else "")
-          + f", {cfg['num_frames']}x{cfg['img_size']}x{cfg['img_size']} clips")
+          + f", {cfg['num_frames']}x{cfg['img_size']}x{cfg['img_size']} clips, "
+          f"test-time masking {describe_masking(report.masking)}")
     return 0

@@ -7,11 +7,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..models import MAR, create_model, sinusoid_table
-from .architecture import Architecture, infer_architecture
-from .formats import Hints, detect_format, get_format
+from ..masking import make_masking
+from ..models import MAR, SIZES, create_model, sinusoid_table
+from .architecture import CUSTOM, Architecture, infer_architecture
+from .formats import Format, Hints, detect_format, get_format
 from .reader import read_checkpoint
-from .report import ConversionError, ConversionReport
+from .report import ConversionError, ConversionReport, describe_masking
 from .rules import Mapped, apply_rules
 
 
@@ -19,6 +20,8 @@ def convert_checkpoint(src: str | Path, *, format: str = "auto", num_classes: in
                        drop_head: bool = False, decoder: bool | None = None,
                        num_frames: int | None = None, img_size: int | None = None,
                        head: str | None = None, tubelet_size: int = 2,
+                       num_heads: int | None = None, decoder_heads: int | None = None,
+                       test_masking: str | None = None, mask_ratio: float | None = None,
                        allow_unexpected: bool = False) -> tuple[MAR, ConversionReport]:
     """Build the mar model a checkpoint describes and load its weights strictly.
 
@@ -33,11 +36,21 @@ def convert_checkpoint(src: str | Path, *, format: str = "auto", num_classes: in
     config's, else 16 x 224). The position tables are fixed sinusoids rebuilt from these,
     so any clip size loads the same weights.
     tubelet_size: frames per tubelet when inflating 2-D image weights.
+    num_heads / decoder_heads: attention heads of the encoder / decoder, which the weights
+    do not store (default: the transformers config's, else mar's size of that width).
+    test_masking / mask_ratio: the test-time masking to record (``none`` or
+    ``cell_running``; default: the one the source was trained for: ``cell_running`` 0.5
+    for the official MAR code, ``none`` for every other format).
+
+    Any width, depth, head count and MLP ratio converts: a model that is a ``SIZES``
+    entry keeps its name; another is named ``custom`` and ``report.config`` carries its
+    ``embed_dim``, ``depth``, ``num_heads`` and ``mlp_ratio``.
 
     Returns the model (eval mode) and the report; ``report.config`` holds the
-    ``create_model`` arguments. Raises :class:`ConversionError` (one line, with the report
-    so far) when a weight the model needs is missing, a shape differs, or, unless
-    ``allow_unexpected``, a key of the file is used by no rule.
+    ``create_model`` arguments and ``report.masking`` the test-time masking (the
+    ``masking`` of :func:`mar.models.io.save_model`). Raises :class:`ConversionError`
+    (one line, with the report so far) when a weight the model needs is missing, a shape
+    differs, or, unless ``allow_unexpected``, a key of the file is used by no rule.
     """
     ckpt = read_checkpoint(src)
     report = ConversionReport(str(src), format, notes=list(ckpt.notes))
@@ -45,6 +58,8 @@ def convert_checkpoint(src: str | Path, *, format: str = "auto", num_classes: in
         model = _convert(ckpt.state, ckpt.config, report, num_classes=num_classes,
                          drop_head=drop_head, decoder=decoder, num_frames=num_frames,
                          img_size=img_size, head=head, tubelet_size=tubelet_size,
+                         num_heads=num_heads, decoder_heads=decoder_heads,
+                         test_masking=test_masking, mask_ratio=mask_ratio,
                          allow_unexpected=allow_unexpected)
     except ConversionError as e:          # name the file, keep the report so far
         raise ConversionError(f"{src}: {e}", report) from None
@@ -54,9 +69,11 @@ def convert_checkpoint(src: str | Path, *, format: str = "auto", num_classes: in
 def _convert(state: dict[str, Tensor], config: dict | None, report: ConversionReport, *,
              num_classes: int | None, drop_head: bool, decoder: bool | None,
              num_frames: int | None, img_size: int | None, head: str | None,
-             tubelet_size: int, allow_unexpected: bool) -> MAR:
+             tubelet_size: int, num_heads: int | None, decoder_heads: int | None,
+             test_masking: str | None, mask_ratio: float | None, allow_unexpected: bool) -> MAR:
     fmt = get_format(detect_format(state, config) if report.format == "auto" else report.format)
     report.format = fmt.name
+    report.masking, report.masking_reason = _choose_masking(fmt, test_masking, mask_ratio)
     mapped = apply_rules(state, fmt.rules, fmt.strip)
     report.dropped, report.unexpected = mapped.dropped, list(mapped.unexpected)
     if not mapped.state:
@@ -65,8 +82,9 @@ def _convert(state: dict[str, Tensor], config: dict | None, report: ConversionRe
     hints = Hints(config=config, tubelet_size=tubelet_size)
     if fmt.adapt is not None:
         fmt.adapt(mapped, hints, state)
+    arch = infer_architecture(mapped.state, hints, num_heads=num_heads,
+                              decoder_heads=decoder_heads)
     report.notes += hints.notes
-    arch = infer_architecture(mapped.state, hints)
     new: dict[str, str] = {}          # our key prefix -> why it starts new
     head, num_classes = _choose_head(mapped, arch, hints, head, num_classes, drop_head, new)
     decoder = _choose_decoder(mapped, arch, decoder, new)
@@ -75,8 +93,14 @@ def _convert(state: dict[str, Tensor], config: dict | None, report: ConversionRe
                                   img_size, head_from_file)
     try:
         model = create_model(**report.config)
-    except ValueError as e:
+    except (ValueError, RuntimeError) as e:
         raise ConversionError(str(e)) from None
+    try:
+        make_masking(**report.masking)(1, model.grid, train=False)
+    except ValueError as e:
+        raise ConversionError(f"test-time masking {describe_masking(report.masking)}: {e} "
+                              "(test_masking / --test-masking, mask_ratio / --mask-ratio "
+                              "choose another)") from None
     _load_strict(model, mapped, new, report, allow_unexpected)
     report.notes += [note for key, note in hints.notes_if_loaded.items() if key in report.loaded]
     report.notes += _position_table_notes(state, report.dropped)
@@ -84,6 +108,26 @@ def _convert(state: dict[str, Tensor], config: dict | None, report: ConversionRe
     if dtypes - {"float32"}:
         report.notes.append(f"weights stored as {', '.join(sorted(dtypes))}; loaded as float32")
     return model
+
+
+TEST_MASKINGS = ("none", "cell_running")
+
+
+def _choose_masking(fmt: Format, name: str | None,
+                    ratio: float | None) -> tuple[dict, str]:
+    """The test-time masking to record: the caller's, else the source format's."""
+    if name is None:
+        if ratio is None or ratio == fmt.masking["ratio"]:
+            return dict(fmt.masking), fmt.masking_reason
+        name = fmt.masking["name"]
+    if name not in TEST_MASKINGS:
+        raise ConversionError(f"test masking {name!r}: expected one of {', '.join(TEST_MASKINGS)}")
+    if ratio is None:
+        ratio = 0.0 if name == "none" else 0.5
+    if name == "none" and ratio != 0:
+        raise ConversionError(f"mask ratio {ratio} with test masking 'none': pass "
+                              "test_masking='cell_running' (--test-masking cell_running)")
+    return {"name": name, "ratio": float(ratio)}, "set by test_masking / mask_ratio"
 
 
 def _choose_head(mapped: Mapped, arch: Architecture, hints: Hints, head: str | None,
@@ -138,11 +182,14 @@ def _drop_prefix(mapped: Mapped, prefix: str, reason: str) -> None:
 def _model_config(arch: Architecture, hints: Hints, head: str, num_classes: int | None,
                   decoder: bool, num_frames: int | None, img_size: int | None,
                   head_from_file: bool) -> dict:
-    """The ``create_model`` keyword arguments (saved as config.json)."""
+    """The ``create_model`` keyword arguments (saved as config.json): the SIZES name, or
+    ``custom`` with the explicit encoder dims."""
     config = {"name": arch.name, "num_frames": num_frames or hints.num_frames or 16,
               "img_size": img_size or hints.img_size or 224, "patch_size": arch.patch_size,
-              "tubelet_size": arch.tubelet_size, "in_chans": arch.in_chans,
-              "final_norm": arch.final_norm, "head": head}
+              "tubelet_size": arch.tubelet_size, "in_chans": arch.in_chans}
+    if arch.name == CUSTOM:
+        config |= arch.encoder_dims()
+    config |= {"final_norm": arch.final_norm, "head": head}
     if head != "none":
         config["num_classes"] = num_classes
     if head_from_file and head == "bridging":
@@ -152,6 +199,18 @@ def _model_config(arch: Architecture, hints: Hints, head: str, num_classes: int 
     if decoder and arch.decoder_dim is not None:
         config |= {"decoder_dim": arch.decoder_dim, "decoder_depth": arch.decoder_depth,
                    "decoder_heads": arch.decoder_heads}
+        default = SIZES[arch.name].decoder_mlp_ratio if arch.name in SIZES else 4.0
+        if int(arch.decoder_dim * default) != int(arch.decoder_dim * arch.decoder_mlp_ratio):
+            config["decoder_mlp_ratio"] = arch.decoder_mlp_ratio
+    elif decoder and arch.name == CUSTOM:          # a new decoder for a custom encoder
+        same = next((s for s in SIZES.values() if s.embed_dim == arch.embed_dim), None)
+        if same is None:
+            raise ConversionError(f"no VideoMAE decoder is known for width {arch.embed_dim}: "
+                                  "convert without a decoder and set model.decoder_dim, "
+                                  "decoder_depth and decoder_heads in the training config")
+        config |= {"decoder_dim": same.decoder_dim, "decoder_depth": same.decoder_depth,
+                   "decoder_heads": same.decoder_heads,
+                   "decoder_mlp_ratio": same.decoder_mlp_ratio}
     if hints.pixel_mean is not None:
         config |= {"pixel_mean": list(hints.pixel_mean), "pixel_std": list(hints.pixel_std)}
     return config

@@ -32,6 +32,11 @@ class Hints:
     notes_if_loaded: dict[str, str] = field(default_factory=dict)  # our key -> note
 
 
+FULL_TOKENS = {"name": "none", "ratio": 0.0}
+FULL_TOKENS_REASON = ("the source model was trained and tested on all tokens; run on a "
+                      "subset it would lose accuracy silently")
+
+
 @dataclass(frozen=True)
 class Format:
     name: str
@@ -40,6 +45,9 @@ class Format:
     strip: tuple[str, ...] = ()
     # after renaming: fixes tensors in place, fills hints from the file (mapped, hints, file state)
     adapt: Callable[[Mapped, Hints, Mapping[str, Tensor]], None] | None = None
+    # the test-time masking the source's models were evaluated with (masking.json), and why
+    masking: dict = field(default_factory=lambda: dict(FULL_TOKENS))
+    masking_reason: str = FULL_TOKENS_REASON
 
 
 def _formats() -> dict[str, Format]:

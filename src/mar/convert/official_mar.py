@@ -58,5 +58,11 @@ def adapt(mapped: Mapped, hints: Hints, state: Mapping[str, Tensor]) -> None:
         hints.pixel_std = tuple(round(float(x), 6) for x in state["std"].flatten())
 
 
+# all four official configs test with CellRunningMaskAgent at MASK_RATIO 0.5: phase 0, frames
+# in order (no test shuffle), which is mar's cell_running evaluation mask
+TEST_MASKING = {"name": "cell_running", "ratio": 0.5}
+TEST_MASKING_REASON = ("the official MAR code tests with cell running masking at ratio 0.5 "
+                       "(phase 0, frames in order), the mask these weights were trained for")
+
 FORMAT = Format("mar", "the official MAR code's checkpoints (model_state, backbone., cls_head.)",
-                RULES, adapt=adapt)
+                RULES, adapt=adapt, masking=TEST_MASKING, masking_reason=TEST_MASKING_REASON)

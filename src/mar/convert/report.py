@@ -26,7 +26,8 @@ class ConversionReport:
     initialised: our keys left as initialised by the caller's choice (new head, new
     decoder), with the reason. unexpected: file keys no rule uses (fail unless allowed).
     dropped: file keys deliberately not used, with the reason. ``config`` holds the
-    ``create_model`` keyword arguments of the model built.
+    ``create_model`` keyword arguments of the model built; ``masking`` the test-time
+    masking recorded with it (``masking.json``), ``masking_reason`` why.
     """
 
     source: str
@@ -38,6 +39,8 @@ class ConversionReport:
     dropped: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     config: dict = field(default_factory=dict)
+    masking: dict = field(default_factory=dict)
+    masking_reason: str = ""
 
     def lines(self) -> list[str]:
         """The report as text: the counts, then every dropped, unexpected, missing and
@@ -65,4 +68,14 @@ class ConversionReport:
         if self.notes:
             out.append("notes:")
             out += [f"  {note}" for note in self.notes]
+        if self.masking:
+            out.append(f"test-time masking: {describe_masking(self.masking)} "
+                       f"({self.masking_reason})")
         return out
+
+
+def describe_masking(masking: dict) -> str:
+    """``none (all tokens)`` or e.g. ``cell_running, ratio 0.5``."""
+    if masking.get("name") == "none":
+        return "none (all tokens)"
+    return f"{masking.get('name')}, ratio {masking.get('ratio')}"

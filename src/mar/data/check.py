@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import csv
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from ..atomic import write_file
 from .decode import DecodeError, make_backend
 from .lists import VideoRecord, write_list
 
@@ -84,14 +85,14 @@ def check_list(records: list[VideoRecord], workers: int = 2, min_frames: int = 1
 
 
 def write_report(results: list[CheckResult], path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(asdict(results[0])))
-        writer.writeheader()
-        for r in results:
-            writer.writerow(asdict(r))
-    tmp.replace(path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=[field.name for field in fields(CheckResult)])
+            writer.writeheader()
+            for r in results:
+                writer.writerow(asdict(r))
+
+    write_file(path, write)
 
 
 def write_clean_list(results: list[CheckResult], path: str | Path,

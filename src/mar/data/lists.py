@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import write_text
+
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
 
 class ListError(ValueError):
     """A list file that cannot be read; the message names the file and line."""
@@ -28,7 +32,7 @@ def read_list(path: str | Path, root: str | Path | None = None) -> list[VideoRec
     if not path.is_file():
         raise ListError(f"{path}: no such list file")
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(_read_text(path, "list").splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -60,23 +64,37 @@ def write_list(records: list[VideoRecord], path: str | Path,
         if root is not None and p.is_relative_to(root):
             p = p.relative_to(root)
         lines.append(f"{p} {r.label}")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def read_class_names(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise ListError(f"{path}: no such class-name file")
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    text = _read_text(path, "class-name file")
+    names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
         raise ListError(f"{path}: no class names")
     return names
 
 
 def write_class_names(names: list[str], path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(names) + "\n")
-    tmp.replace(path)
+    write_text(path, "\n".join(names) + "\n")
+
+
+def _read_text(path: Path, kind: str) -> str:
+    """The text of a UTF-8 file (a byte-order mark allowed); a binary or otherwise
+    encoded file is a :class:`ListError` naming the file (and the line)."""
+    with open(path, "rb") as f:
+        head = f.read(4096)  # a video given by mistake is not read whole
+        if head.startswith(UTF16_BOMS):
+            raise ListError(f"{path}: UTF-16 text, expected a UTF-8 {kind}; save it as UTF-8")
+        if b"\0" in head:
+            raise ListError(f"{path}: a binary file, not a text {kind}")
+        data = head + f.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ListError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}), "
+                        f"expected a UTF-8 {kind}") from None

@@ -10,13 +10,16 @@ from a seed and written as real H.264 files with lists in the ``path label`` for
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import TMP, recover, write_text
 from .lists import VideoRecord, write_class_names, write_list
+from .video_writer import write_video
 
 CLASSES = (
     "moving left", "moving right", "moving up", "moving down",
@@ -143,53 +146,104 @@ def render(label: int, cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray
     return np.clip(np.stack(frames), 0, 255).astype(np.uint8)
 
 
-def write_h264(path: str | Path, frames: np.ndarray, fps: int = 12, crf: int = 18) -> Path:
-    import av
-
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    with av.open(str(tmp), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "veryfast"}
-        for img in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    tmp.replace(path)
-    return path
+MANIFEST = "synth.json"  # {"settings": every SynthConfig field or null, "complete": bool}
+LEGACY_MARKER = "done"  # what older versions wrote: repr(SynthConfig(...))
+SPLITS = ("train", "val")
+OWN_FILES = ("train.csv", "val.csv", "classes.txt", LEGACY_MARKER)
+VIDEO_GLOB = "[0-9][0-9]_[0-9][0-9][0-9][0-9].mp4"
 
 
 def synthesize(out: str | Path, cfg: SynthConfig = SynthConfig(), progress=None) -> dict:
     """Write ``train/``, ``val/`` videos, ``train.csv``, ``val.csv`` and ``classes.txt``.
 
     Video i of split s is drawn from a generator seeded by (seed, split, class, i), so any
-    subset can be regenerated identically. Existing complete files are kept (a cache);
-    a ``done`` marker records the settings that made them.
+    subset can be regenerated identically. ``synth.json`` records the settings of the set
+    and whether it is complete:
+
+    - same settings, complete: nothing is written (a cache);
+    - same settings, incomplete (an interrupted build): the missing videos are written;
+    - other or unknown settings: the set's own files are deleted, every video is new;
+    - a non-empty folder without ``synth.json`` (nor an older ``done`` marker) is not a
+      synthetic set: it is refused, nothing in it is touched.
+
+    Every file is written atomically, so a video that exists is whole.
     """
     out = Path(out)
-    marker = out / "done"
-    settings = repr(cfg)
-    if marker.is_file() and marker.read_text() == settings:
+    settings = asdict(cfg)
+    found = _read_manifest(out)
+    same = found is not None and found["settings"] == settings
+    if same and found["complete"] and all(v[-1].is_file() for v in _videos(out, cfg)):
         return {"cached": True, "path": str(out)}
-    counts = {"train": cfg.per_class_train, "val": cfg.per_class_val}
-    for split, per_class in counts.items():
-        (out / split).mkdir(parents=True, exist_ok=True)
-        records = []
-        for label in range(len(CLASSES)):
-            for i in range(per_class):
-                path = out / split / f"{label:02d}_{i:04d}.mp4"
-                if not path.is_file():
-                    seq = np.random.SeedSequence([cfg.seed, 0 if split == "train" else 1,
-                                                  label, i])
-                    frames = render(label, cfg, np.random.default_rng(seq))
-                    write_h264(path, frames, cfg.fps, cfg.crf)
-                records.append(VideoRecord(str(path.relative_to(out)), label))
-                if progress:
-                    progress()
-        write_list(records, out / f"{split}.csv")
-    write_class_names(list(CLASSES), out / "classes.txt")
-    marker.write_text(settings)
+    out.mkdir(parents=True, exist_ok=True)
+    if not same:
+        _write_manifest(out, None)  # a crash while clearing leaves "settings unknown"
+        _clear(out)
+        _write_manifest(out, settings)
+    _build(out, cfg, progress)
+    _write_manifest(out, settings, complete=True)
     return {"cached": False, "path": str(out)}
+
+
+def _read_manifest(out: Path) -> dict | None:
+    """What ``out`` holds: ``{"settings", "complete"}`` of a synthetic set (settings None
+    when unknown), or None for a missing or empty folder. Anything else is refused."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise ValueError(f"{out}: not a folder, cannot write the synthetic set there")
+    manifest, legacy = out / MANIFEST, out / LEGACY_MARKER
+    if manifest.is_file():
+        try:
+            found = json.loads(manifest.read_text())
+            return {"settings": found["settings"], "complete": found["complete"] is True}
+        except (ValueError, TypeError, KeyError):  # damaged: ours, settings unknown
+            return {"settings": None, "complete": False}
+    if legacy.is_file() and legacy.read_bytes().startswith(b"SynthConfig("):
+        return {"settings": None, "complete": False}
+    if any(not p.name.startswith(TMP) for p in out.iterdir()):
+        raise ValueError(f"{out}: not empty and not a synthetic set (no {MANIFEST}); "
+                         "give a new or empty folder")
+    return None
+
+
+def _write_manifest(out: Path, settings: dict | None, complete: bool = False) -> None:
+    text = json.dumps({"settings": settings, "complete": complete}, indent=1)
+    write_text(out / MANIFEST, text + "\n")
+
+
+def _clear(out: Path) -> None:
+    """Delete the files a synthetic set of other settings left: only those named as
+    :func:`synthesize` names them."""
+    for split in SPLITS:
+        for video in (out / split).glob(VIDEO_GLOB):
+            video.unlink()
+    for name in OWN_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
+def _videos(out: Path, cfg: SynthConfig):
+    """(split, label, index, path) of every video of the set, in list order."""
+    counts = {"train": cfg.per_class_train, "val": cfg.per_class_val}
+    for split in SPLITS:
+        for label in range(len(CLASSES)):
+            for i in range(counts[split]):
+                yield split, label, i, out / split / f"{label:02d}_{i:04d}.mp4"
+
+
+def _build(out: Path, cfg: SynthConfig, progress=None) -> None:
+    """Write every missing video, then the lists and the class names."""
+    records = {split: [] for split in SPLITS}
+    for folder in (out, *(out / split for split in SPLITS)):
+        folder.mkdir(exist_ok=True)
+        recover(folder)  # temporaries of a killed build
+    for split, label, i, path in _videos(out, cfg):
+        if not path.is_file():
+            seq = np.random.SeedSequence([cfg.seed, SPLITS.index(split), label, i])
+            write_video(path, render(label, cfg, np.random.default_rng(seq)), cfg.fps,
+                        cfg.crf)
+        records[split].append(VideoRecord(str(path.relative_to(out)), label))
+        if progress:
+            progress()
+    for split in SPLITS:
+        write_list(records[split], out / f"{split}.csv")
+    write_class_names(list(CLASSES), out / "classes.txt")

@@ -19,10 +19,8 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch import Tensor
 
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from .sampling import crop_offsets
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Something-Something v2 classes whose meaning a horizontal flip swaps ("left" <-> "right"):
 # the official MAR code flips and swaps 86<->87, 93<->94, 166<->167.

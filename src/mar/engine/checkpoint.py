@@ -21,7 +21,6 @@ the earlier checkpoints as they were and nothing half-written that a resume woul
 from __future__ import annotations
 
 import math
-import os
 import random
 import re
 import shutil
@@ -33,12 +32,12 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from .weights import load_weights
+from .. import atomic
+from ..atomic import TMP
+from ..models.io import load_weights
 
 PREFIX = "checkpoint-"
 BEST = "best"
-TMP = ".tmp-"
-OLD = ".old-"
 STEP_NAME = re.compile(r"checkpoint-(\d+)")
 STATE_KEYS = {"step", "epoch", "sampler_epoch", "optimizer", "scaler", "config", "metrics",
               "rng"}
@@ -168,17 +167,8 @@ def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool) -> Path:
 
 
 def clean_run_dir(run_dir: str | Path) -> None:
-    """Undo what a crash mid-save left: put ``.old-<name>`` back where ``<name>`` is
-    missing (else drop it) and delete every ``.tmp-*`` directory."""
-    run_dir = Path(run_dir)
-    for old in run_dir.glob(f"{OLD}*"):
-        target = run_dir / old.name[len(OLD):]
-        if target.exists():
-            shutil.rmtree(old)
-        else:
-            old.rename(target)
-    for tmp in run_dir.glob(f"{TMP}*"):
-        shutil.rmtree(tmp, ignore_errors=True)
+    """Undo what a crash mid-save left (:func:`mar.atomic.recover`)."""
+    atomic.recover(run_dir)
 
 
 def plain(value, where: str = "state"):
@@ -206,31 +196,13 @@ def _checkpoints(run_dir: Path) -> list[Path]:
 
 
 def _write_dir(target: Path, weights: dict, state: dict) -> None:
-    """Write both files into a temporary sibling, fsync them, then rename it to ``target``
-    (an existing ``target`` is set aside as ``.old-<name>`` for the swap)."""
-    tmp = target.with_name(f"{TMP}{target.name}-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
+    """Both files, written and swapped in atomically (:func:`mar.atomic.write_dir`)."""
+
+    def write(tmp: Path) -> None:
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         torch.save(state, tmp / "state.pt")
-        for file in tmp.iterdir():
-            _fsync(file)
-        _fsync(tmp)
-        old = target.with_name(f"{OLD}{target.name}")
-        if target.exists():
-            target.rename(old)
-        try:
-            tmp.rename(target)
-        except BaseException:
-            if old.exists():
-                old.rename(target)
-            raise
-        _fsync(target.parent)
-        if old.exists():
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic.write_dir(target, write)
 
 
 def _remove(path: Path) -> None:
@@ -240,12 +212,18 @@ def _remove(path: Path) -> None:
     shutil.rmtree(trash)
 
 
+def best_metric(run_dir: str | Path) -> float | None:
+    """The score of the run's ``best/`` checkpoint, or None before there is one."""
+    file = Path(run_dir) / BEST / "state.pt"
+    return torch.load(file, weights_only=True)["best_metric"] if file.is_file() else None
+
+
 def _improves(best_dir: Path, value: float, higher_is_better: bool) -> bool:
     if math.isnan(value):
         return False
-    if not (best_dir / "state.pt").is_file():
+    previous = best_metric(best_dir.parent)
+    if previous is None:
         return True
-    previous = torch.load(best_dir / "state.pt", weights_only=True)["best_metric"]
     return value > previous if higher_is_better else value < previous
 
 
@@ -259,11 +237,3 @@ def _check_groups(saved: dict, optimizer, file: Path) -> None:
             raise ValueError(f"{file}: optimizer group {i} differs from the checkpoint's "
                              "(another model, layer-decay policy or weight decay?)"
                              + (f": {', '.join(diff)}" if diff else ""))
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

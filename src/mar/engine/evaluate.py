@@ -9,15 +9,21 @@ not decode are left out and counted.
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .. import atomic
 from ..masking import MaskingStrategy
 from .distributed import DistInfo, all_gather_objects
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 @dataclass
@@ -129,7 +135,7 @@ def save_confusion(result: EvalResult, out_dir: str | Path,
         for i, row in enumerate(result.confusion):
             writer.writerow([names[i], *row.tolist(), f"{result.per_class[i]:.4f}"])
     rows = result.confusion / np.maximum(result.confusion.sum(1, keepdims=True), 1)
-    size = min(4 + 0.25 * k, 40)
+    size = min(4 + 0.25 * k, 16)  # 16 inches at 100 dpi: 4 pixels a class at 400 classes
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
     ax.set_xlabel("predicted class")
@@ -142,3 +148,43 @@ def save_confusion(result: EvalResult, out_dir: str | Path,
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
     return csv_path, png_path
+
+
+AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def run_eval(cfg: Config, model, split: str, info: DistInfo, out_dir: Path | None = None,
+             masking: MaskingStrategy | None = None) -> EvalResult:
+    """Evaluate ``model`` on the ``val`` (one view) or ``test`` (multi-view) split of
+    ``cfg``, with ``masking`` (default: the config's test-time masking); with ``out_dir``
+    also write the confusion matrix and per-class accuracy there."""
+    from tqdm import tqdm
+
+    from .loader import build_loader
+
+    masking = masking or cfg.test_masking()
+    data = cfg.dataset(split)
+    loader = build_loader(data, cfg.eval.batch_size, info, workers=cfg.data.num_workers,
+                          shuffle=False)
+    bar = tqdm(total=len(loader.sampler), desc=f"{split} views", disable=not info.is_main,
+               dynamic_ncols=True, leave=False)
+    result = evaluate(model, loader, masking, info, cfg.model.num_classes, cfg.eval.merge,
+                      AMP[cfg.train.amp], progress=bar.update)
+    bar.close()
+    if out_dir is not None and info.is_main:
+        names = None
+        if cfg.data.class_names:
+            from ..data import read_class_names
+
+            names = read_class_names(cfg.data.class_names)
+        save_confusion(result, out_dir, names)
+        atomic.write_text(out_dir / "per_class.json", json.dumps(result.per_class))
+    return result
+
+
+def print_summary(summary: dict) -> None:
+    print("\nrun summary")
+    for key, value in summary.items():
+        if isinstance(value, float):
+            value = f"{value:.4g}"
+        print(f"  {key:>22}: {value}")

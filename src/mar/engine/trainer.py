@@ -4,6 +4,11 @@ They differ only in the model (head or none, decoder or none), the mask strategy
 the loss weight: pretraining is reconstruction only (lambda = 1, no classifier),
 standard training is ratio 0 with a linear head, MAR is cell running masking with the
 bridging classifier and lambda * L_rec + L_cls.
+
+The pieces: :func:`build_model`, the loader (:mod:`mar.engine.loader`), :class:`TrainStep`
+(mask, mixup, autocast, accumulation with ``no_sync``, clipping), :class:`Checkpointer`
+(checkpoints, ``best/`` and exact resume) and :func:`train`, the loop that strings them
+together.
 """
 
 from __future__ import annotations
@@ -19,14 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..config import Config, save_config
-from ..data import collate
 from ..data.mixup import VideoMixup
-from ..losses import mar_loss
+from ..losses import LossTerms, mar_loss
+from ..masking import MaskingStrategy
+from ..models.io import load_weights
 from .checkpoint import (
+    best_metric,
     latest_checkpoint,
     load_checkpoint,
     prepare_run_dir,
@@ -36,18 +42,15 @@ from .checkpoint import (
 )
 from .distributed import (
     DistInfo,
-    ShardSampler,
     all_gather_objects,
     barrier,
     init_distributed,
     mean_across_ranks,
 )
-from .evaluate import evaluate
+from .evaluate import AMP, print_summary, run_eval
+from .loader import build_loader
 from .optim import build_optimizer, scaled_lr, set_lr
 from .schedule import lr_at
-from .weights import load_weights
-
-AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def seed_everything(seed: int) -> None:
@@ -72,6 +75,92 @@ def build_model(cfg: Config, info: DistInfo):
                   f"{sorted({k.split('.')[0] + '.' + k.split('.')[1] for k in fresh})}")
     model.encoder.grad_checkpointing = cfg.train.grad_checkpointing
     return model.to(info.device)
+
+
+class TrainStep:
+    """Forward and backward of one micro-batch (mixup, a fresh training mask, autocast),
+    and, every ``accum_steps`` micro-batches, the optimizer update (LR, unscale, clipping,
+    step). Gradients of the micro-batches in between are not all-reduced (``no_sync``)."""
+
+    def __init__(self, model, net, optimizer, scaler, masking: MaskingStrategy,
+                 mask_generator: torch.Generator, mixup, *, rec_weight: float,
+                 label_smoothing: float, accum_steps: int, clip_grad: float | None,
+                 amp_dtype, info: DistInfo):
+        self.model, self.net, self.optimizer, self.scaler = model, net, optimizer, scaler
+        self.masking, self.mask_generator, self.mixup = masking, mask_generator, mixup
+        self.rec_weight = rec_weight
+        self.label_smoothing = 0.0 if mixup is not None else label_smoothing
+        self.accum_steps, self.clip_grad, self.amp_dtype = accum_steps, clip_grad, amp_dtype
+        self.info = info
+        self.micro = 0
+
+    def forward_backward(self, batch: dict) -> tuple[LossTerms, bool]:
+        """Accumulate this micro-batch's gradient; True when an update is due."""
+        device = self.info.device
+        video = batch["video"].to(device, non_blocking=True)
+        target = batch["label"].to(device)
+        if self.mixup is not None:
+            video, target = self.mixup(video, target)
+        mask = self.masking(video.shape[0], self.model.grid, train=True,
+                            generator=self.mask_generator).to(device)
+        self.micro += 1
+        update = self.micro % self.accum_steps == 0
+        sync = update or self.info.world_size == 1
+        with (nullcontext() if sync else self.net.no_sync()), torch.autocast(
+                device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            loss = mar_loss(self.net(video, mask), target, self.rec_weight,
+                            self.label_smoothing)
+            self.scaler.scale(loss.total / self.accum_steps).backward()
+        return loss, update
+
+    def update(self, lr: float) -> None:
+        set_lr(self.optimizer, lr)
+        if self.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+class Checkpointer:
+    """Writes ``checkpoint-<step>`` (with every rank's RNG and mask-generator state) and
+    ``best/`` (:mod:`mar.engine.checkpoint` keeps the best score, in ``best/state.pt``),
+    and restores all of it for ``--resume auto``."""
+
+    def __init__(self, run_dir: Path, cfg: Config, info: DistInfo, model, optimizer, scaler,
+                 mask_generator: torch.Generator):
+        self.run_dir, self.cfg, self.info = run_dir, cfg, info
+        self.model, self.optimizer, self.scaler = model, optimizer, scaler
+        self.mask_generator = mask_generator
+
+    def resume(self) -> int:
+        """Restore the newest checkpoint, if any; returns its step (0 without one)."""
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            return 0
+        state = load_checkpoint(ckpt, self.model, self.optimizer, self.scaler,
+                                map_location=self.info.device)
+        restore_rng(state["rngs"][self.info.rank])
+        self.mask_generator.set_state(state["mask_generators"][self.info.rank])
+        if self.info.is_main:
+            print(f"resumed from {ckpt} at step {state['step']}")
+        return state["step"]
+
+    def save(self, step: int, epoch: int, metrics: dict) -> None:
+        states = {"rngs": all_gather_objects(rng_state(), self.info),
+                  "mask_generators": all_gather_objects(self.mask_generator.get_state(),
+                                                        self.info)}
+        if self.info.is_main:
+            save_checkpoint(self.run_dir, step, self.model, self.optimizer, self.scaler,
+                            epoch=epoch, sampler_epoch=epoch,
+                            config=self.cfg.model_dump(mode="json"), metrics=metrics,
+                            keep_last=self.cfg.train.keep_last,
+                            best_metric=metrics.get("val_top1"), extra=states)
+
+    @property
+    def best(self) -> float | None:
+        return best_metric(self.run_dir)
 
 
 class Logger:
@@ -100,6 +189,12 @@ class Logger:
             self.writer.close()
 
 
+def effective_batch(cfg: Config, world_size: int) -> int:
+    """Clips per optimizer step: batch x accumulation x processes x repeats."""
+    tc = cfg.train
+    return tc.batch_size * tc.accum_steps * world_size * cfg.data.repeats
+
+
 def train(cfg: Config, out_dir: str | Path, *, resume: bool = False,
           overwrite: bool = False) -> dict:
     """Train as ``cfg`` says; returns the end-of-run summary (also in ``summary.json``)."""
@@ -118,21 +213,16 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False,
     start_time = time.perf_counter()
 
     model = build_model(cfg, info)
-    mean, std = cfg.model.pixel_mean, cfg.model.pixel_std
-    train_set = dc.dataset("train", mean=mean, std=std, seed=tc.seed)
-    sampler = ShardSampler(len(train_set), info.rank, info.world_size, shuffle=True,
-                           seed=tc.seed, batch_size=tc.batch_size)
-    loader = DataLoader(train_set, tc.batch_size, sampler=sampler, num_workers=dc.num_workers,
-                        collate_fn=collate, drop_last=True,
-                        pin_memory=info.device.type == "cuda")
-    micro_per_epoch = len(sampler) // tc.batch_size
-    steps_per_epoch = micro_per_epoch // tc.accum_steps
+    train_set = cfg.dataset("train")
+    loader = build_loader(train_set, tc.batch_size, info, workers=dc.num_workers,
+                          shuffle=True, seed=tc.seed)
+    steps_per_epoch = len(loader.sampler) // tc.batch_size // tc.accum_steps
     if steps_per_epoch == 0:
         raise ValueError(f"{len(train_set)} training videos make no full batch of "
                          f"{tc.batch_size} x {tc.accum_steps} accumulation x "
                          f"{info.world_size} processes")
     total_steps = tc.epochs * steps_per_epoch
-    effective = tc.batch_size * tc.accum_steps * info.world_size * dc.repeats
+    effective = effective_batch(cfg, info.world_size)
     lr = scaled_lr(tc.base_lr, effective) if tc.lr_scaling else tc.base_lr
     optimizer = build_optimizer(model, lr, tc.weight_decay, tc.layer_decay, tc.betas,
                                 policy=tc.layer_decay_policy)
@@ -144,81 +234,48 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False,
     mixup = (VideoMixup(cfg.model.num_classes, dc.mixup, dc.cutmix, dc.mixup_prob,
                         dc.mixup_switch_prob, dc.label_smoothing)
              if finetune and (dc.mixup > 0 or dc.cutmix > 0) else None)
-    masking = cfg.masking.build()
     mask_generator = torch.Generator().manual_seed(tc.seed * 1000 + info.rank)
-    rec_weight = 1.0 if not finetune else tc.rec_weight
-    amp_dtype = AMP[tc.amp]
-
-    step, best, values = 0, None, {"loss": float("nan")}
-    if resume and (ckpt := latest_checkpoint(run_dir)) is not None:
-        state = load_checkpoint(ckpt, model, optimizer, scaler, map_location=info.device)
-        step = state["step"]
-        best = state.get("best")
-        restore_rng(state["rngs"][info.rank])
-        mask_generator.set_state(state["mask_generators"][info.rank])
-        if info.is_main:
-            print(f"resumed from {ckpt} at step {step}")
+    step_fn = TrainStep(model, net, optimizer, scaler, cfg.masking.build(), mask_generator,
+                        mixup, rec_weight=tc.rec_weight if finetune else 1.0,
+                        label_smoothing=dc.label_smoothing, accum_steps=tc.accum_steps,
+                        clip_grad=tc.clip_grad, amp_dtype=AMP[tc.amp], info=info)
+    checkpointer = Checkpointer(run_dir, cfg, info, model, optimizer, scaler, mask_generator)
+    step = checkpointer.resume() if resume else 0
     if info.is_main:
         print(f"effective batch {effective} (batch {tc.batch_size} x accumulation "
               f"{tc.accum_steps} x {info.world_size} processes x {dc.repeats} repeats); "
               f"lr {lr:.3g}" + (f" = {tc.base_lr:g} x {effective}/256" if tc.lr_scaling
                                 else " (not scaled)") + f"; {total_steps} steps")
+        if tc.num_gpus is not None and tc.num_gpus != info.world_size:
+            print(f"note: this recipe is written for {tc.num_gpus} processes; with "
+                  f"{info.world_size} the effective batch and the LR differ from it "
+                  "(`mar recipe` shows both)")
     logger = Logger(run_dir, info.is_main)
     skipped = []
     warmup_steps = round(tc.warmup_epochs * steps_per_epoch)
-
-    def checkpoint(epoch: int, metrics: dict) -> None:
-        nonlocal best
-        states = _gather_states(mask_generator, info)
-        if not info.is_main:
-            return
-        score = metrics.get("val_top1")
-        if score is not None and (best is None or score > best):
-            best = score
-        save_checkpoint(run_dir, step, model, optimizer, scaler, epoch=epoch,
-                        sampler_epoch=epoch, config=cfg.model_dump(mode="json"),
-                        metrics={**metrics, "best": best}, keep_last=tc.keep_last,
-                        best_metric=score, extra=states)
+    stop = min(total_steps, tc.max_steps or total_steps)
+    values = {"loss": float("nan")}
 
     model.train()
-    done = step >= total_steps or (tc.max_steps is not None and step >= tc.max_steps)
-    while not done:
+    while step < stop:
         epoch = step // steps_per_epoch
-        offset = (step % steps_per_epoch) * tc.accum_steps * tc.batch_size
         train_set.set_epoch(epoch)
-        sampler.set_epoch(epoch, start=offset)
+        loader.sampler.set_epoch(epoch, start=(step % steps_per_epoch) * tc.accum_steps
+                                 * tc.batch_size)
+        loader.generator.manual_seed(tc.seed * 100_003 + epoch)
         bar = tqdm(total=steps_per_epoch, initial=step % steps_per_epoch,
                    desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not info.is_main,
                    dynamic_ncols=True)
-        tick, clips, micro = time.perf_counter(), 0, 0
+        tick, clips = time.perf_counter(), 0
         for batch in loader:
-            video = batch["video"].to(info.device, non_blocking=True)
-            target = batch["label"].to(info.device)
             skipped += batch["skipped"]
-            if mixup is not None:
-                video, target = mixup(video, target)
-            mask = masking(video.shape[0], model.grid, train=True,
-                           generator=mask_generator).to(info.device)
-            micro += 1
-            sync = micro % tc.accum_steps == 0
-            ctx = net.no_sync() if (not sync and info.world_size > 1) else nullcontext()
-            with ctx, torch.autocast(info.device.type, dtype=amp_dtype,
-                                     enabled=amp_dtype is not None):
-                loss = mar_loss(net(video, mask), target, rec_weight,
-                                0.0 if mixup is not None else dc.label_smoothing)
-                scaler.scale(loss.total / tc.accum_steps).backward()
-            clips += video.shape[0]
-            if not sync:
+            loss, update = step_fn.forward_backward(batch)
+            clips += batch["video"].shape[0]
+            if not update:
                 continue
             lr_now = lr_at(step, total_steps=total_steps, warmup_steps=warmup_steps,
                            base_lr=lr, min_lr=tc.min_lr, warmup_start_lr=tc.warmup_start_lr)
-            set_lr(optimizer, lr_now)
-            if tc.clip_grad is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            step_fn.update(lr_now)
             step += 1
             values = {"loss": loss.total.item(), "loss_cls": loss.cls.item(),
                       "loss_rec": loss.rec.item(), "lr": lr_now}
@@ -230,25 +287,22 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False,
             bar.update(1)
             if step % tc.log_every == 0 or step == 1:
                 logger.log(step, epoch=epoch, clips_per_s=rate, **values)
-            if tc.save_every and step % tc.save_every == 0:
-                checkpoint(epoch, {"train_loss": values["loss"]})
-            if step >= total_steps or (tc.max_steps is not None and step >= tc.max_steps):
-                done = True
-                break
-            if step % steps_per_epoch == 0:
+            if tc.save_every and step % tc.save_every == 0 and step % steps_per_epoch:
+                checkpointer.save(step, epoch, {"train_loss": values["loss"]})
+            if step >= stop or step % steps_per_epoch == 0:
                 break
         bar.close()
         metrics = {"train_loss": mean_across_ranks(values["loss"], info)}
         epoch_done = step % steps_per_epoch == 0
         if finetune and dc.val_list and (
-                done or (epoch_done and (epoch + 1) % tc.eval_every == 0)):
+                step >= stop or (epoch_done and (epoch + 1) % tc.eval_every == 0)):
             result = run_eval(cfg, model, "val", info)
             metrics |= {"val_top1": result.video_top1, "val_top5": result.video_top5}
             model.train()
         logger.log(step, epoch=epoch, **metrics)
-        checkpoint(epoch, metrics)
+        checkpointer.save(step, epoch, metrics)
 
-    summary = _summary(cfg, model, info, start_time, skipped, best)
+    summary = _summary(cfg, model, info, start_time, skipped, checkpointer.best)
     if dc.test_list and finetune:
         result = run_eval(cfg, model, "test", info, out_dir=run_dir)
         summary |= {f"test_{k}": v for k, v in result.summary().items()}
@@ -257,38 +311,6 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False,
         print_summary(summary)
     logger.close()
     return summary
-
-
-def _gather_states(mask_generator, info: DistInfo) -> dict:
-    """Every process's RNG and mask-generator state, for an exact resume."""
-    return {"rngs": all_gather_objects(rng_state(), info),
-            "mask_generators": all_gather_objects(mask_generator.get_state(), info)}
-
-
-def run_eval(cfg: Config, model, split: str, info: DistInfo, out_dir: Path | None = None):
-    """Evaluate ``model`` on the ``val`` (one view) or ``test`` (multi-view) split."""
-    from .evaluate import save_confusion
-
-    data = cfg.data.dataset(split, mean=cfg.model.pixel_mean, std=cfg.model.pixel_std,
-                            seed=cfg.train.seed)
-    sampler = ShardSampler(len(data), info.rank, info.world_size, shuffle=False)
-    loader = DataLoader(data, cfg.eval.batch_size, sampler=sampler, collate_fn=collate,
-                        num_workers=cfg.data.num_workers)
-    bar = tqdm(total=len(sampler), desc=f"{split} views", disable=not info.is_main,
-               dynamic_ncols=True, leave=False)
-    result = evaluate(model, loader, cfg.test_masking(), info, cfg.model.num_classes,
-                      cfg.eval.merge, AMP[cfg.train.amp], progress=bar.update)
-    bar.close()
-    if out_dir is not None and info.is_main:
-        names = None
-        if cfg.data.class_names:
-            from ..data import read_class_names
-
-            names = read_class_names(cfg.data.class_names)
-        save_confusion(result, out_dir, names)
-        per_class = out_dir / "per_class.json"
-        per_class.write_text(json.dumps(result.per_class))
-    return result
 
 
 def _summary(cfg: Config, model, info: DistInfo, start: float, skipped: list, best) -> dict:
@@ -306,11 +328,3 @@ def _summary(cfg: Config, model, info: DistInfo, start: float, skipped: list, be
             "wall_time_s": time.perf_counter() - start,
             "skipped_videos": len(skipped), "skipped_files": sorted(set(skipped))[:20],
             "best_val_top1": best}
-
-
-def print_summary(summary: dict) -> None:
-    print("\nrun summary")
-    for key, value in summary.items():
-        if isinstance(value, float):
-            value = f"{value:.4g}"
-        print(f"  {key:>22}: {value}")

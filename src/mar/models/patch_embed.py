@@ -10,8 +10,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
 
 
 class PatchEmbed3D(nn.Module):

@@ -1,0 +1,65 @@
+"""The tiny settings every engine test shares, in one place.
+
+``shrink`` is the only thing a test may change in a shipped config: the model size
+(``vit_nano``), the clip (4 frames of 32x32, patch 8), the batch per process (2, even for
+mixup), the number of epochs and the loader workers (this machine has 2 cores). Dropout,
+drop path, mixup/cutmix, RandAugment, erasing, repeats, layer decay, accumulation and
+autocast stay as the config ships them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from videos import moving_square_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+SHRINK = {
+    "model.name": "vit_nano", "model.num_frames": 4, "model.img_size": 32,
+    "model.patch_size": 8, "data.num_frames": 4, "data.crop_size": 32,
+    "data.short_side": None, "data.num_workers": 0, "data.class_names": None,
+    "train.batch_size": 2, "train.device": "cpu", "train.log_every": 1,
+    "eval.batch_size": 16,
+}
+
+
+def shrink(config: Path, data: dict[str, Path], steps: int = 4, **extra) -> dict:
+    """Dotted overrides that shrink the shipped ``config`` to the tiny model and clip, point
+    it at the tiny lists ``data`` (``train``, ``val``, ``test``) and give it the fewest
+    epochs that make at least ``steps`` optimizer steps."""
+    train = (yaml.safe_load(config.read_text()) or {}).get("train") or {}
+    videos = len(data["train"].read_text().splitlines())
+    per_epoch = max(videos // SHRINK["train.batch_size"] // train.get("accum_steps", 1), 1)
+    lists = {"data.root": None, "data.train_list": str(data["train"]),
+             "data.val_list": str(data["val"]), "data.test_list": str(data["test"]),
+             "train.epochs": -(-steps // per_epoch)}
+    return {**SHRINK, **lists, **extra}
+
+
+def as_args(overrides: dict) -> list[str]:
+    """Dotted overrides as command-line ``key=value`` items."""
+    return [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+
+
+def shipped_configs() -> list[Path]:
+    return sorted(CONFIGS.rglob("*.yaml"))
+
+
+@pytest.fixture(scope="session")
+def tiny_lists(tmp_path_factory) -> dict[str, Path]:
+    """Moving squares (4 classes, 16 frames of 32x32, lossless): 24 training, 4
+    validation and 4 test videos, lists with absolute paths."""
+    root = tmp_path_factory.mktemp("tiny-lists")
+    out = {}
+    for split, per_class, seed in (("train", 6, 0), ("val", 1, 1), ("test", 1, 2)):
+        listed = moving_square_dataset(root / split, per_class, seed=seed, num_frames=16,
+                                       step=1)
+        lines = [f"{root / split / line}" for line in listed.read_text().splitlines()]
+        out[split] = root / f"{split}.csv"
+        out[split].write_text("\n".join(lines) + "\n")
+    return out

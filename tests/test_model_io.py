@@ -1,0 +1,82 @@
+"""Model I/O: one loader for runs, checkpoints and model directories; atomic saves."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import as_args, shrink
+
+from mar import create_model
+from mar.cli import main
+from mar.inference import load_run
+from mar.models.io import ModelFileError, load_model, save_model, weights_file
+
+KWARGS = {"name": "vit_nano", "num_classes": 4, "num_frames": 4, "img_size": 32,
+          "patch_size": 8}
+NONE = {"name": "none", "ratio": 0.0}
+
+
+def test_a_failed_swap_keeps_the_old_model(tmp_path, monkeypatch):
+    path = tmp_path / "model"
+    torch.manual_seed(0)
+    old = create_model(**KWARGS)
+    save_model(old, KWARGS, path, masking=NONE)
+    new = create_model(**KWARGS)
+    real_rename = Path.rename
+
+    def failing_rename(self, target):
+        if Path(target) == path and self.name.startswith(".tmp-"):   # new for old
+            raise OSError("disk full")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing_rename)
+    with pytest.raises(OSError, match="disk full"):
+        save_model(new, KWARGS, path, masking=NONE, overwrite=True)
+    monkeypatch.undo()
+    loaded, _ = load_model(path)
+    for key, value in old.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]   # nothing left over
+
+
+def test_save_model_requires_a_masking_record(tmp_path):
+    with pytest.raises(ModelFileError, match="masking"):
+        save_model(create_model(**KWARGS), KWARGS, tmp_path / "m", masking=None)
+    assert not (tmp_path / "m").exists()
+
+
+def test_weights_of_a_run_are_its_best_else_its_newest_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    for name in ("checkpoint-00000002", "checkpoint-00000010"):
+        (run / name).mkdir(parents=True)
+        (run / name / "model.safetensors").write_bytes(b"")
+    assert weights_file(run) == run / "checkpoint-00000010" / "model.safetensors"
+    (run / "best").mkdir()
+    (run / "best" / "model.safetensors").write_bytes(b"")
+    assert weights_file(run) == run / "best" / "model.safetensors"
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        weights_file(tmp_path)
+
+
+def test_mar_eval_uses_eval_masking(tiny_lists, tmp_path, capsys):
+    """A MAR run (decoder included) evaluated by `mar eval` on the run folder itself, with
+    its own test masking and with ``eval_masking`` overridden to all tokens."""
+    config = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
+    overrides = shrink(config, tiny_lists, steps=2)
+    run = tmp_path / "run"
+    assert main(["train", str(config), *as_args(overrides), "--out", str(run)]) == 0
+    assert load_run(run)[0].decoder is not None           # training added the decoder
+    results = {}
+    for name, extra in (("own", []), ("all", ["eval_masking.name=none",
+                                              "eval_masking.ratio=0"])):
+        capsys.readouterr()
+        out = tmp_path / name
+        assert main(["eval", *extra, "--checkpoint", str(run), "--out", str(out)]) == 0
+        results[name] = (capsys.readouterr().out,
+                         json.loads((out / "eval.json").read_text()))
+    assert "test-time masking: cell_running 50% (16 of 32 tokens visible)" in results["own"][0]
+    assert "test-time masking: none (32 of 32 tokens visible)" in results["all"][0]
+    # the run's own test top-1 (its summary) is the one `mar eval` reproduces
+    summary = json.loads((run / "summary.json").read_text())
+    assert results["own"][1]["video_top1"] == pytest.approx(summary["test_video_top1"])
