@@ -63,6 +63,12 @@ def test_cli_flops_json(capsys):
     assert main(["flops", "model.name=vit_base", "model.num_classes=174", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["visible_tokens"] == 784 and abs(out["gflops"] - 86.35) < 0.01
+    # overrides may also follow the options; anything else unknown is refused
+    assert main(["flops", "--json", "model.name=vit_base", "model.num_classes=174"]) == 0
+    assert json.loads(capsys.readouterr().out) == out
+    with pytest.raises(SystemExit) as e:
+        main(["flops", "--json", "--bogus"])
+    assert e.value.code == 2 and "--bogus" in capsys.readouterr().err
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):

@@ -77,6 +77,9 @@ def test_shipped_config_trains_resumes_exactly_and_serves(config, tiny_lists, tm
     run = tmp_path / "killed"
     _kill_after_checkpoint([sys.executable, "-m", "mar.cli", *args, "--out", str(run)],
                            run, step=1)
+    capsys.readouterr()
+    assert main([*args, "--out", str(run)]) != 0  # never overwritten unasked
+    assert "--resume" in capsys.readouterr().err
     assert main([*args, "--out", str(run), "--resume", "auto"]) == 0
     resumed = _losses(run)
     assert sorted(resumed) == sorted(reference)

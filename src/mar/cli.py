@@ -436,7 +436,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `key=value` overrides may also follow the options (argparse stops a positional
+    # list at the first option)
+    if extra and hasattr(args, "items") and all("=" in x and not x.startswith("-")
+                                                for x in extra):
+        args.items += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except (ConfigError, ValueError, RuntimeError, OSError) as e:
