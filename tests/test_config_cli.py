@@ -105,3 +105,15 @@ def test_data_section_builds_datasets_and_checks_consistency(tmp_path):
         cfg.dataset("val")
     with pytest.raises(ConfigError, match=r"data.num_frames \(16\) differs from model"):
         load_config(None, ["model.num_frames=8"])
+
+
+def test_help_and_argument_errors_do_not_import_torch():
+    """`mar --help` and a usage error answer without loading torch (seconds saved)."""
+    code = ("import sys\nfrom mar.cli import main\n"
+            "for argv in (['--help'], ['train', '--help'], ['train'], ['predict']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "heavy = sorted(m for m in ('torch', 'timm', 'torchvision', 'av') "
+            "if m in sys.modules)\n"
+            "print('heavy:', heavy)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "heavy: []" in out.stdout, out.stdout[-500:] + out.stderr[-2000:]

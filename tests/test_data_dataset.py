@@ -144,3 +144,27 @@ def test_decoded_cache_gives_the_same_items(videos, monkeypatch):
         assert torch.equal(cached[i]["video"], first[i])
         assert torch.equal(plain[i]["video"], first[i])
     assert calls == []  # served from memory
+
+
+def test_views_per_video_are_the_test_views_decoded_once_and_scaled_by_the_decoder():
+    """`mar predict`'s fast path (VideoViews) gives the views of VideoDataset's test items,
+    in the same order, up to the resize kernel (FFmpeg's area scaling vs torchvision's
+    antialiased bilinear) -- on a real 1280x720 file, 2 clips x 3 crops."""
+    from mar.data import ClipSampling, EvalTransform, VideoDataset, VideoRecord, VideoViews
+
+    records = [VideoRecord(str(REAL / "bigbuckbunny.mp4"), 0),
+               VideoRecord(str(REAL / "missing.mp4"), 0)]
+    sampling = ClipSampling("segment", 8)
+    transform = EvalTransform(64, 3)
+    views = VideoViews(records, sampling=sampling, eval_transform=transform, num_clips=2)
+    each = VideoDataset(records, train=False, sampling=sampling, eval_transform=transform,
+                        num_clips=2)
+    item = views[0]
+    assert item["valid"] and item["video"].shape == (6, 3, 8, 64, 64)
+    for v in range(6):
+        ref = each[v]["video"]
+        diff = (item["video"][v] - ref).abs()
+        assert diff.mean() < 0.05 and diff.max() < 1.5, (v, diff.mean(), diff.max())
+    assert (item["video"][0] - item["video"][2]).abs().mean() > 0.1  # crops differ
+    bad = views[1]
+    assert not bad["valid"] and "missing.mp4" in bad["error"]

@@ -74,8 +74,8 @@ def test_reading_late_frames_seeks_instead_of_decoding_from_the_start(tmp_path, 
     starts = []
     original = dec._decode_from
 
-    def spy(path, wanted, start, stamp):
-        result = original(path, wanted, start, stamp)
+    def spy(path, wanted, start, stamp, size=None):
+        result = original(path, wanted, start, stamp, size)
         starts.append((start, result is not None))
         return result
 

@@ -1,8 +1,19 @@
-"""MAR: Masked Autoencoders for Efficient Action Recognition, in plain PyTorch."""
+"""MAR: Masked Autoencoders for Efficient Action Recognition, in plain PyTorch.
 
-from .masking import Mask, make_masking
-from .models import MAR, MAROutput, create_model
+``mar.create_model``, ``mar.make_masking`` and the rest are imported on first use, so
+that ``mar --help`` answers without importing torch."""
+
+from importlib import import_module
 
 __version__ = "0.1.0"
 
+_WHERE = {"MAR": ".models", "MAROutput": ".models", "create_model": ".models",
+          "Mask": ".masking", "make_masking": ".masking"}
+
 __all__ = ["MAR", "MAROutput", "Mask", "create_model", "make_masking", "__version__"]
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_WHERE[name], __name__), name)

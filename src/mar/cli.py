@@ -10,7 +10,34 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from .config import ConfigError, load_config
+from .errors import ConfigError
+
+REDUCTIONS = ("random", "tome", "rlt", "rlt+mar")
+
+
+def _add_reduce_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reduce", choices=REDUCTIONS,
+                   help="training-free token reduction at test time, instead of the test "
+                   "mask (docs/token_reduction.md)")
+    p.add_argument("--reduce-ratio", type=float, default=0.5,
+                   help="random: fraction of tokens dropped; rlt+mar: the cell running "
+                   "ratio (default: %(default)s)")
+    p.add_argument("--tome-r", type=int, default=8,
+                   help="tome: tokens merged in each encoder block (default: %(default)s)")
+    p.add_argument("--rlt-threshold", type=float, default=0.1,
+                   help="rlt: drop a tubelet whose mean absolute change from the previous "
+                   "one, in normalised pixels, is below this (default: %(default)s)")
+
+
+def _reduced(model, args):
+    """The model wrapped in ``--reduce``'s token reduction, and the masking to run it with
+    (none: the reduction chooses the tokens)."""
+    from .masking import make_masking
+    from .models.token_reduction import TokenReduction
+
+    reducer = TokenReduction(model, args.reduce, ratio=args.reduce_ratio, tome_r=args.tome_r,
+                             rlt_threshold=args.rlt_threshold).eval()
+    return reducer, make_masking("none")
 
 
 def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
@@ -60,12 +87,22 @@ def cmd_flops(args: argparse.Namespace) -> int:
                       "convention, as the paper). Decoder not counted. Params in brackets: "
                       "the paper's.")
         return 0
+    from .config import load_config
+
     path, overrides = _split_args(args.items)
     cfg = load_config(path, overrides)
     masking = cfg.test_masking()
     model = cfg.model.model_dump()
-    cost = model_cost(model.pop("name"), masking, **model)
-    result = {"model": cfg.model.name, "head": cfg.model.head, "masking": masking.name,
+    if args.reduce:
+        from .flops import reduction_cost
+
+        cost = reduction_cost(model.pop("name"), args.reduce,
+                              args.reduce_ratio if args.reduce == "random" else 0.0,
+                              args.tome_r, **model)
+    else:
+        cost = model_cost(model.pop("name"), masking, **model)
+    result = {"model": cfg.model.name, "head": cfg.model.head, "reduction": args.reduce,
+              "masking": masking.name,
               "ratio": masking.ratio, "visible_tokens": cost.num_visible,
               "tokens": cost.num_tokens, "gflops": round(cost.gflops, 3),
               "formula_gflops": round(cost.formula_gflops, 3),
@@ -141,6 +178,7 @@ def cmd_data_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
     from .engine.trainer import train
 
     path, overrides = _split_args(args.items)
@@ -171,32 +209,69 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and info.is_main:
         out.mkdir(parents=True, exist_ok=True)
+    masking = None
+    if args.reduce:
+        model, masking = _reduced(model, args)
     if info.is_main:
-        print(describe_masking(cfg.test_masking(), model.grid))
-    result = run_eval(cfg, model, args.split, info, out_dir=out)
+        print(model.describe() if args.reduce else
+              describe_masking(cfg.test_masking(), model.grid))
+    result = run_eval(cfg, model, args.split, info, out_dir=out, masking=masking)
+    summary = result.summary()
+    if args.reduce:
+        from .flops import reduction_flops
+
+        summary |= {"reduction": model.describe(),
+                    "mean_tokens": round(model.mean_kept_tokens(), 2),
+                    "gflops_per_view": round(reduction_flops(model) / 1e9, 4)}
     if info.is_main:
-        print_summary(result.summary())
+        print_summary(summary)
         if out is not None:
-            (out / "eval.json").write_text(json.dumps(result.summary(), indent=1))
+            (out / "eval.json").write_text(json.dumps(summary, indent=1))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .inference import describe_masking, eval_masking, find_videos, load_run, predict
+    import time
+
+    begin = time.perf_counter()
+    from .inference import (
+        Profile,
+        describe_masking,
+        eval_masking,
+        find_videos,
+        load_run,
+        predict,
+    )
 
     model, cfg = load_run(args.checkpoint, args.config, args.set)
+    startup = time.perf_counter() - begin
     masking = eval_masking(cfg, args.mask_ratio)
-    print(describe_masking(masking, model.grid), file=sys.stderr)
+    if args.reduce:
+        model, masking = _reduced(model, args)
+        print(model.describe(), file=sys.stderr)
+    else:
+        print(describe_masking(masking, model.grid), file=sys.stderr)
     names = None
     if args.class_names or cfg.data.class_names:
         from .data import read_class_names
 
         names = read_class_names(args.class_names or cfg.data.class_names)
     videos = find_videos(args.videos)
-    results = predict(model, cfg, videos, masking, args.topk)
 
     def label(c: int) -> str:
         return names[c] if names and c < len(names) else str(c)
+
+    if args.render and not args.out:
+        raise ConfigError("--render needs --out")
+    if args.window is not None:
+        return _predict_timelines(args, model, cfg, videos, masking, label)
+    elif args.stride is not None or args.render or args.smooth != 1 or args.out:
+        raise ConfigError("--stride, --smooth, --out and --render need --window")
+    profile = Profile() if args.profile else None
+    results = predict(model, cfg, videos, masking, args.topk, batch_size=args.batch_size,
+                      workers=args.workers, dtype=args.dtype, profile=profile)
+    if profile is not None:
+        _print_profile(profile, startup)
 
     if args.json:
         print(json.dumps([{"video": r.path, "views": r.views, "error": r.error,
@@ -214,6 +289,56 @@ def cmd_predict(args: argparse.Namespace) -> int:
             table.add_row(r.path, text)
         Console().print(table)
     return 0 if all(r.error is None for r in results) else 1
+
+
+def _predict_timelines(args, model, cfg, videos, masking, label) -> int:
+    """``mar predict --window``: a timeline per video (JSON/CSV/PNG/MP4 in ``--out``)."""
+    from .data import DecodeError
+    from .inference import autocast_dtype
+    from .timeline import predict_timeline, write_timeline
+
+    dtype = autocast_dtype(args.dtype, next(model.parameters()).device)
+    results, failed = [], 0
+    for video in videos:
+        try:
+            tl = predict_timeline(model, cfg, video, masking, args.window,
+                                  args.stride or args.window, batch_size=args.batch_size,
+                                  smooth=args.smooth, dtype=dtype)
+        except DecodeError as e:
+            failed += 1
+            print(f"mar predict: {e}", file=sys.stderr)
+            results.append({"video": str(video), "error": str(e)})
+            continue
+        results.append(tl.to_json(args.topk, label))
+        if args.out:
+            files = write_timeline(tl, args.out, args.topk, label, render=args.render)
+            print(f"wrote {', '.join(str(f) for f in files)}", file=sys.stderr)
+        if not args.json:
+            table = Table(title=f"{video}: {len(tl.starts)} windows of {tl.window:g} s every "
+                          f"{tl.stride:g} s ({tl.seconds:.1f} s)")
+            for col in ("from s", "to s", "top-1", "mean prob"):
+                table.add_column(col, justify="left" if col == "top-1" else "right")
+            for start, end, c, p in tl.segments():
+                table.add_row(f"{start:.1f}", f"{end:.1f}", label(c), f"{p:.1%}")
+            Console().print(table)
+    if args.json:
+        print(json.dumps(results, indent=1))
+    return 1 if failed else 0
+
+
+def _print_profile(p, startup: float) -> None:
+    """``mar predict --profile``: seconds per stage, on stderr."""
+    table = Table(title=f"mar predict --profile: {p.videos} videos, {p.views} views")
+    for col in ("stage", "seconds", "per video ms"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    rows = [("start-up (imports, model load)", startup), ("open + probe", p.open),
+            ("decode + scale", p.decode), ("crop + normalise", p.transform),
+            ("model", p.model), ("predict wall time", p.wall)]
+    for name, sec in rows:
+        table.add_row(name, f"{sec:.3f}", f"{1000 * sec / max(p.videos, 1):.1f}")
+    Console(stderr=True).print(table)
+    print("open, decode and crop are summed over the loader workers: with --workers > 0 "
+          "they overlap the model", file=sys.stderr)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -281,15 +406,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
-    from .data.synth import CLASSES, SynthConfig, synthesize
+    from .data.synth import SynthConfig, class_names, synthesize
 
     cfg = SynthConfig(args.frames, args.size, args.fps, args.per_class_train,
-                      args.per_class_val, args.seed)
-    with tqdm(total=len(CLASSES) * (cfg.per_class_train + cfg.per_class_val),
+                      args.per_class_val, args.seed, kind=args.kind)
+    names = class_names(cfg.kind)
+    with tqdm(total=len(names) * (cfg.per_class_train + cfg.per_class_val),
               desc="synthesizing videos") as bar:
         made = synthesize(args.out, cfg, progress=bar.update)
     print(f"{'cached' if made['cached'] else 'wrote'} {args.out}: train.csv, val.csv, "
-          f"classes.txt ({len(CLASSES)} classes)")
+          f"classes.txt ({len(names)} classes, {cfg.kind}, {cfg.num_frames} x {cfg.size}²)")
     return 0
 
 
@@ -318,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reproduce every per-view GFLOPs figure of the paper")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--markdown", action="store_true", help="with --paper: a Markdown table")
+    _add_reduce_args(p)
     p.set_defaults(func=cmd_flops)
 
     from .convert.cli import add_parser as add_convert_parser
@@ -326,6 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .recipe import add_parser as add_recipe_parser
 
     add_recipe_parser(sub)
+    from .extract_cli import add_parser as add_extract_parser
+
+    add_extract_parser(sub)
+    from .serve.cli import add_parser as add_serve_parser
+
+    add_serve_parser(sub)
     _add_run_args(sub.add_parser("train", help="fine-tune (MAR or standard training)"))
     _add_run_args(sub.add_parser("pretrain", help="self-supervised VideoMAE-style pretraining"))
     p = sub.add_parser("eval", help="evaluate a checkpoint (multi-view test by default)")
@@ -333,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a checkpoint or model directory")
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--out", help="write eval.json, confusion.csv/png, per_class.json here")
+    _add_reduce_args(p)
     p.set_defaults(func=cmd_eval)
 
     from .demo import DemoConfig
@@ -366,6 +500,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set data.test_clips=2")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--batch-size", type=int, default=16, help="views per model call")
+    p.add_argument("--workers", type=int, help="decoding processes (default: none for one "
+                   "video, else up to 4, one per spare core)")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: autocast on CUDA or a CPU with bf16 kernels")
+    p.add_argument("--profile", action="store_true", help="print seconds per stage")
+    _add_reduce_args(p)
+    p.add_argument("--window", type=float, metavar="S",
+                   help="long videos: one prediction per window of S seconds (a timeline)")
+    p.add_argument("--stride", type=float, metavar="S",
+                   help="with --window: seconds between window starts (default: --window)")
+    p.add_argument("--smooth", type=int, default=1, metavar="K",
+                   help="with --window: average probabilities over K neighbouring windows")
+    p.add_argument("--out", help="with --window: write <video>.timeline.json/.csv/.png here")
+    p.add_argument("--render", action="store_true",
+                   help="with --window and --out: also <video>.timeline.mp4, labels drawn on")
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("export", help="export the masked inference path (ONNX)")
     p.add_argument("--checkpoint", required=True)
@@ -403,7 +553,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = dsub.add_parser("synth", help="write the synthetic action benchmark (H.264 + lists)")
     p.add_argument("out")
     p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--kind", choices=["shapes", "natural"], default="shapes",
+                   help="shapes: drawn shapes over noisy backgrounds; natural: camera and "
+                   "object motion over real photographs (docs/natural_benchmark.md)")
+    p.add_argument("--size", type=int, default=None,
+                   help="frame size (default: 64 for shapes, 112 for natural)")
     p.add_argument("--fps", type=int, default=12)
     p.add_argument("--per-class-train", type=int, default=40)
     p.add_argument("--per-class-val", type=int, default=10)
@@ -447,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
-    except (ConfigError, ValueError, RuntimeError, OSError) as e:
+    except (ValueError, RuntimeError, OSError) as e:  # ConfigError is a ValueError
         print(f"mar {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -17,13 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from . import atomic
 from .constants import IMAGENET_MEAN, IMAGENET_STD
+from .errors import ConfigError
 from .masking import STRATEGIES, MaskingStrategy, make_masking
 from .models import SIZES, create_model
 from .models.mar import MAR
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the file and the key."""
 
 
 class _Section(BaseModel):
@@ -229,13 +226,27 @@ class Config(_Section):
         """Test views (``clips x crops`` per video) of ``records`` (:class:`VideoRecord`),
         decoded and transformed as this config says: the one evaluation-data builder of
         evaluation, prediction and visualisation."""
-        from .data import EvalTransform, VideoDataset
+        from .data import VideoDataset
+
+        return VideoDataset(records, train=False, eval_transform=self._eval_transform(crops),
+                            num_clips=clips, **self._dataset_options())
+
+    def views_dataset(self, records, clips: int, crops: int):
+        """The same views, one video per item, decoded once and scaled by the decoder
+        (:class:`mar.data.VideoViews`): the fast path of ``mar predict``."""
+        from .data import VideoViews
+
+        options = self._dataset_options()
+        return VideoViews(records, sampling=options["sampling"],
+                          eval_transform=self._eval_transform(crops), num_clips=clips,
+                          backend=options["backend"], decode_timeout=options["decode_timeout"])
+
+    def _eval_transform(self, crops: int):
+        from .data import EvalTransform
 
         dc = self.data
-        transform = EvalTransform(dc.crop_size, crops, dc.short_side, self.model.pixel_mean,
-                                  self.model.pixel_std)
-        return VideoDataset(records, train=False, eval_transform=transform, num_clips=clips,
-                            **self._dataset_options())
+        return EvalTransform(dc.crop_size, crops, dc.short_side, self.model.pixel_mean,
+                             self.model.pixel_std)
 
     def _dataset_options(self) -> dict:
         from .data import ClipSampling

@@ -13,11 +13,10 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from .config import Config, build_config
-from .data.synth import CLASSES, SynthConfig, synthesize
+if TYPE_CHECKING:  # imported where used: `mar --help` reads DemoConfig without torch
+    from .config import Config
 
 
 @dataclass(frozen=True)
@@ -39,6 +38,9 @@ class DemoConfig:
 
 def run_config(demo: DemoConfig, data: Path, mar: bool) -> Config:
     """The fine-tuning config of one arm of the comparison."""
+    from .config import build_config
+    from .data.synth import CLASSES
+
     common = {
         "model.name": demo.model, "model.num_classes": len(CLASSES),
         "model.num_frames": demo.num_frames, "model.img_size": demo.size,
@@ -64,21 +66,23 @@ def run_config(demo: DemoConfig, data: Path, mar: bool) -> Config:
     return build_config({}, {**common, **arm}, where="mar demo")
 
 
-@torch.no_grad()
 def clips_per_second(model, masking, grid_batch: int = 16, repeats: int = 3) -> float:
     """Inference throughput on random clips (median of ``repeats`` timed batches)."""
+    import torch
+
     pe = model.encoder.patch_embed
     t, h, w = model.grid
     video = torch.randn(grid_batch, 3, t * pe.tubelet_size, h * pe.patch_size,
                         w * pe.patch_size)
     mask = masking(grid_batch, model.grid, train=False)
     model.eval()
-    model.forward_head(model.forward_features(video, mask), mask)  # warm-up
     times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model.forward_head(model.forward_features(video, mask), mask)
-        times.append(time.perf_counter() - start)
+    with torch.no_grad():
+        model.forward_head(model.forward_features(video, mask), mask)  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model.forward_head(model.forward_features(video, mask), mask)
+            times.append(time.perf_counter() - start)
     return grid_batch / sorted(times)[len(times) // 2]
 
 
@@ -87,6 +91,7 @@ def run_demo(demo: DemoConfig = DemoConfig()) -> dict:
     from rich.table import Table
     from tqdm import tqdm
 
+    from .data.synth import CLASSES, SynthConfig, synthesize
     from .engine.distributed import init_distributed
     from .engine.evaluate import run_eval
     from .engine.trainer import train

@@ -10,6 +10,11 @@ Two independent counts: :func:`measure_flops` runs the deploy path under PyTorch
 ``FlopCounterMode`` with the math attention kernel (a fused SDPA kernel is invisible to
 the counter on CPU) on the meta device, so no arithmetic is done; :func:`formula_flops`
 is the closed form. The tests hold them equal.
+
+A test-time token reduction (``mar.models.token_reduction``) is counted the same way:
+ToMe's blocks shrink one by one (attention on the tokens entering a block, MLP on those
+left after merging, plus the key-similarity product of the matching); RLT keeps a
+different count per clip, so its cost is the mean over clips of each clip alone.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .masking import Mask, MaskingStrategy, make_masking
 from .models import MAR, BridgingHead, LinearHead, MLPHead, create_model
+from .models.token_reduction import TokenReduction, tome_schedule, tome_token_counts
 
 aten = torch.ops.aten
 
@@ -75,13 +81,35 @@ def _blocks(blocks: nn.ModuleList, n: int) -> int:
     return sum(_block(n, b.norm1.normalized_shape[0], b.mlp.fc1.out_features) for b in blocks)
 
 
-def formula_flops(model: MAR, num_visible: int) -> int:
-    """Closed-form count for one clip with ``num_visible`` tokens visible."""
+def _merging_blocks(blocks: nn.ModuleList, n: int, schedule: list[int]) -> tuple[int, int]:
+    """ToMe blocks: attention on the tokens entering, the A x B key similarity (keys
+    averaged over heads, width head_dim) of the r merged, the MLP on those left. Returns
+    (FLOPs, tokens leaving the last block)."""
+    total = 0
+    for b, (n_in, r) in zip(blocks, tome_token_counts(n, schedule), strict=True):
+        d, hidden = b.norm1.normalized_shape[0], b.mlp.fc1.out_features
+        n_out = n_in - r
+        total += 4 * n_in * d * d + 2 * n_in * n_in * d + _layer_norm(n_in, d)  # attention
+        if r:
+            total += ((n_in + 1) // 2) * (n_in // 2) * (d // b.attn.num_heads)  # matching
+        total += 2 * n_out * d * hidden + _layer_norm(n_out, d)                # MLP
+        n = n_out
+    return total, n
+
+
+def formula_flops(model: MAR, num_visible: int, tome_r: int | list[int] = 0) -> int:
+    """Closed-form count for one clip with ``num_visible`` tokens entering the encoder
+    blocks, and ToMe merging ``tome_r`` tokens per block (an int or one per block)."""
     enc = model.encoder
     n_all, d = enc.num_tokens, enc.embed_dim
     conv = enc.patch_embed.proj
     total = n_all * conv.in_channels * math.prod(conv.kernel_size) * d
-    total += _blocks(enc.blocks, num_visible)
+    schedule = tome_schedule(tome_r, len(enc.blocks))
+    if any(schedule):
+        blocks, num_visible = _merging_blocks(enc.blocks, num_visible, schedule)
+        total += blocks
+    else:
+        total += _blocks(enc.blocks, num_visible)
     if isinstance(enc.norm, nn.LayerNorm):
         total += _layer_norm(num_visible, d)
     head = model.head
@@ -98,6 +126,23 @@ def formula_flops(model: MAR, num_visible: int) -> int:
         raise TypeError(f"no formula for head {type(head).__name__}")
     n_head = n_all if head.mask_token is not None and num_visible < n_all else num_visible
     return total + _blocks(head.blocks, n_head)
+
+
+def reduction_flops(reducer: TokenReduction) -> float:
+    """FLOPs per view of a token reduction: ToMe's shrinking blocks; for RLT, whose
+    count varies per clip, the mean of the per-clip counts over the clips it has seen
+    (each clip alone at batch 1, so padding in a batch is not counted)."""
+    model, n = reducer.model, reducer.encoder.num_tokens
+    if reducer.method == "tome":
+        return float(formula_flops(model, n, reducer.tome_r))
+    if reducer.method == "random":
+        return float(formula_flops(model, n - int(reducer.ratio * n + 1e-6)))
+    if reducer.method == "none":
+        return float(formula_flops(model, n))
+    if not reducer.counts:
+        raise ValueError(f"{reducer.method}: the count varies per clip; run clips first")
+    per_count = {c: formula_flops(model, c) for c in set(reducer.counts)}
+    return sum(per_count[c] for c in reducer.counts) / len(reducer.counts)
 
 
 def deploy_params(model: MAR) -> int:
@@ -129,6 +174,27 @@ def model_cost(name: str = "vit_base", masking: MaskingStrategy | None = None,
     return Cost(measure_flops(model, mask) / 1e9,
                 formula_flops(model, mask.num_visible) / 1e9,
                 deploy_params(model), mask.num_visible, mask.num_tokens)
+
+
+def reduction_cost(name: str, method: str, ratio: float = 0.0, tome_r: int | list[int] = 0,
+                   **model_kwargs) -> Cost:
+    """Per-view cost of ``create_model(name, **model_kwargs)`` under a test-time token
+    reduction whose cost does not depend on the clip (``none``, ``random``, ``tome``);
+    ``num_visible`` is the count leaving the encoder. RLT's cost is a mean over real
+    clips: run them, then :func:`reduction_flops`."""
+    if method in ("rlt", "rlt+mar"):
+        raise ValueError(f"{method}: the token count varies per clip; evaluate clips "
+                         "(e.g. `mar eval --reduce rlt`) to get the mean cost")
+    with torch.device("meta"):
+        model = create_model(name, **{**model_kwargs, "decoder": False})
+    reducer = TokenReduction(model, method, ratio=ratio, tome_r=tome_r)
+    n = model.encoder.num_tokens
+    if method == "tome":
+        left = n - sum(r for _, r in tome_token_counts(n, reducer.tome_r))
+    else:
+        left = n - int(ratio * n + 1e-6) if method == "random" else n
+    return Cost(measure_flops(reducer, Mask.full(1, model.grid)) / 1e9,
+                reduction_flops(reducer) / 1e9, deploy_params(model), left, n)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,39 +102,93 @@ class Prediction:
     error: str | None = None
 
 
+@dataclass
+class Profile:
+    """Seconds per stage of :func:`predict`. ``open``, ``decode`` and ``transform`` are
+    summed over videos (in the loader workers, so they overlap the model when
+    ``workers > 0``); ``model`` and ``wall`` are the main process's."""
+
+    open: float = 0.0
+    decode: float = 0.0
+    transform: float = 0.0
+    model: float = 0.0
+    wall: float = 0.0
+    videos: int = 0
+    views: int = 0
+
+    def add(self, timing: dict) -> None:
+        for key in ("open", "decode", "transform"):
+            setattr(self, key, getattr(self, key) + timing[key])
+
+
+def default_workers(videos: int) -> int:
+    """Loader workers that overlap decoding with the model: none for one video (a
+    worker's start-up would cost more), else up to 4 and one per spare core."""
+    return 0 if videos <= 1 else max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """``--dtype``: fp32 (None) or bf16 autocast (CUDA, or a CPU with bf16 support)."""
+    if name == "fp32":
+        return None
+    if name != "bf16":
+        raise ValueError(f"--dtype {name!r}: expected fp32 or bf16")
+    if device.type == "cpu" and not torch.backends.mkldnn.is_available():
+        raise ValueError("--dtype bf16: this CPU build has no bf16 kernels (oneDNN)")
+    return torch.bfloat16
+
+
 @torch.no_grad()
 def predict(model: MAR, cfg: Config, videos: list[Path], masking: MaskingStrategy,
-            topk: int = 5, batch_size: int = 8) -> list[Prediction]:
-    """Softmax averaged over the config's test views (clips x crops) of each video."""
-    from .data import VideoRecord, collate
+            topk: int = 5, batch_size: int = 8, workers: int | None = None,
+            dtype: str = "fp32", profile: Profile | None = None) -> list[Prediction]:
+    """Softmax averaged over the config's test views (clips x crops) of each video.
 
+    Each video is decoded once, scaled by the decoder (:class:`mar.data.VideoViews`);
+    ``workers`` loader processes decode the next videos while the model runs on batches
+    of about ``batch_size`` views, gathered across videos."""
+    from .data import VideoRecord, collate_views
+
+    start = time.perf_counter()
     dc = cfg.data
-    dataset = cfg.eval_dataset([VideoRecord(str(v), 0) for v in videos], dc.test_clips,
-                               dc.test_crops)
+    dataset = cfg.views_dataset([VideoRecord(str(v), 0) for v in videos], dc.test_clips,
+                                dc.test_crops)
+    per_batch = max(1, batch_size // len(dataset.views))
+    workers = default_workers(len(videos)) if workers is None else workers
+    loader = torch.utils.data.DataLoader(dataset, per_batch, collate_fn=collate_views,
+                                         num_workers=workers)
     device = next(model.parameters()).device
-    sums = torch.zeros(len(videos), cfg.model.num_classes)
-    counts = torch.zeros(len(videos))
+    amp = autocast_dtype(dtype, device)
+    probs: dict[int, Tensor] = {}
     errors: dict[int, str] = {}
-    loader = torch.utils.data.DataLoader(dataset, batch_size, collate_fn=collate)
+    views: dict[int, int] = {}
     for batch in loader:
+        errors |= batch["error"]
+        tick = time.perf_counter()
         video = batch["video"].to(device)
         mask = masking(video.shape[0], model.grid, train=False).to(device)
-        probs = model.forward_head(model.forward_features(video, mask), mask).softmax(-1).cpu()
-        for p, i, ok in zip(probs, batch["index"].tolist(), batch["valid"].tolist(),
-                            strict=True):
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            logits = model.forward_head(model.forward_features(video, mask), mask)
+        p = logits.float().softmax(-1).cpu()
+        if profile is not None:
+            profile.model += time.perf_counter() - tick
+            for timing in batch["timing"]:
+                profile.add(timing)
+        for i, ok in batch["valid"].items():
             if ok:
-                sums[i] += p
-                counts[i] += 1
-            else:
-                errors[i] = "could not be decoded"
+                rows = batch["index"] == i
+                probs[i], views[i] = p[rows].mean(0), int(rows.sum())
     out = []
     for i, v in enumerate(videos):
-        if counts[i] == 0:
-            out.append(Prediction(str(v), [], [], 0, errors.get(i, "no views")))
+        if i not in probs:
+            out.append(Prediction(str(v), [], [], 0, errors.get(i, "could not be decoded")))
             continue
-        top = (sums[i] / counts[i]).topk(min(topk, cfg.model.num_classes))
-        out.append(Prediction(str(v), top.indices.tolist(), top.values.tolist(),
-                              int(counts[i])))
+        top = probs[i].topk(min(topk, cfg.model.num_classes))
+        out.append(Prediction(str(v), top.indices.tolist(), top.values.tolist(), views[i]))
+    if profile is not None:
+        profile.wall += time.perf_counter() - start
+        profile.videos += len(videos)
+        profile.views += sum(views.values())
     return out
 
 

@@ -27,10 +27,12 @@ import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .config import Config, ConfigError, load_config
-from .engine.optim import scaled_lr
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .config import Config
 
 DATASET_NAMES = {"ssv2": "SSv2", "k400": "K400", "ucf101": "UCF101", "hmdb51": "HMDB51"}
 # words that name a dataset in a path (lower case)
@@ -192,6 +194,8 @@ def recipe(cfg: Config, processes: int | None = None, *, train_size: int | None 
     1), with steps when the number of training videos is given or known, and every value
     that departs from Table I when the config is a Table I run (SSv2/K400, ViT-B/L,
     fine-tuning). ``path``: the config file (its name can tell the dataset)."""
+    from .engine.optim import scaled_lr
+
     tc, dc = cfg.train, cfg.data
     if processes is not None:
         if processes < 1:
@@ -359,6 +363,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def cmd_recipe(args: argparse.Namespace) -> int:
+    from .config import load_config
+
     files = [i for i in args.items if "=" not in i]
     overrides = [i for i in args.items if "=" in i]
     if not files:

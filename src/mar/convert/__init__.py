@@ -1,13 +1,24 @@
 """Loading the weights users have (VideoMAE, transformers, image MAE, official MAR)
-strictly, and saving them in mar's own format. See docs/weights.md."""
+strictly, and saving them in mar's own format. See docs/weights.md.
 
-from ..models.io import ModelFileError, load_model, save_model
-from .convert import convert_checkpoint
-from .formats import FORMAT_NAMES, detect_format
-from .reader import Checkpoint, read_checkpoint
-from .report import ConversionError, ConversionReport
+The names below are imported on first use, so that the CLI can build its parser (which
+imports :mod:`mar.convert.cli`) without importing torch."""
 
-__all__ = [
-    "FORMAT_NAMES", "Checkpoint", "ConversionError", "ConversionReport", "ModelFileError",
-    "convert_checkpoint", "detect_format", "load_model", "read_checkpoint", "save_model",
-]
+from importlib import import_module
+
+from .names import FORMAT_NAMES
+
+_WHERE = {
+    "ModelFileError": "..models.io", "load_model": "..models.io", "save_model": "..models.io",
+    "convert_checkpoint": ".convert", "detect_format": ".formats",
+    "Checkpoint": ".reader", "read_checkpoint": ".reader",
+    "ConversionError": ".report", "ConversionReport": ".report",
+}
+
+__all__ = ["FORMAT_NAMES", *_WHERE]
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_WHERE[name], __name__), name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .formats import FORMAT_NAMES
+from .names import FORMAT_NAMES
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -64,7 +64,6 @@ def get_format(name: str) -> Format:
     return formats[name]
 
 
-FORMAT_NAMES = ("videomae", "hf", "mae", "mar")
 
 
 def detect_format(state: Mapping[str, Tensor], config: dict | None = None) -> str:

@@ -9,6 +9,7 @@ summary can count them across DataLoader workers; each process warns once per fi
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -169,6 +170,76 @@ class VideoDataset(Dataset):
             item["video"] = torch.zeros(3, self.sampling.num_frames, size, size)
             item.update(valid=False, skipped=[record.path])
         return item
+
+
+class VideoViews(Dataset):
+    """Every test view of one video per item, for prediction: item i is video i's
+    ``num_clips x num_crops`` views stacked, (V, C, T, S, S), clip-major.
+
+    The video is probed once and the frames of all its clips are decoded in one pass,
+    scaled by the decoder to the transform's short side, so the views are the same as
+    :class:`VideoDataset`'s test items (up to the resize kernel) at a fraction of the
+    cost: no full-size frames, no decoding the same clip once per crop. A video that
+    cannot be decoded comes back with ``valid=False`` and its error. ``timing`` holds the
+    seconds spent opening/probing, decoding and transforming."""
+
+    def __init__(self, records: list[VideoRecord], *, sampling: ClipSampling,
+                 eval_transform: EvalTransform, num_clips: int = 1, backend: str = "pyav",
+                 decode_timeout: float = 30.0):
+        self.records = list(records)
+        self.sampling, self.transform = sampling, eval_transform
+        self.views = multi_views(num_clips, eval_transform.num_crops)
+        self.num_clips = num_clips
+        self.backend_name, self.decode_timeout = backend, decode_timeout
+        self._backend = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if self._backend is None:  # built lazily, in the worker that uses it
+            self._backend = make_backend(self.backend_name, self.decode_timeout)
+        record = self.records[index]
+        short = self.transform.short_side or self.transform.crop_size
+        timing = {"open": 0.0, "decode": 0.0, "transform": 0.0}
+        item = {"index": index, "valid": True, "error": None, "timing": timing,
+                "num_views": len(self.views)}
+        try:
+            start = time.perf_counter()
+            info = self._backend.probe(record.path)
+            if info.num_frames == 0:
+                raise DecodeError(f"{record.path}: no video frames")
+            clips = [self.sampling.indices(info.num_frames, train=False, clip=c,
+                                           num_clips=self.num_clips)
+                     for c in range(self.num_clips)]
+            wanted = sorted({i for clip in clips for i in clip})
+            timing["open"] = time.perf_counter() - start
+            start = time.perf_counter()
+            frames = self._backend.read(record.path, wanted, info, short_side=short)
+            timing["decode"] = time.perf_counter() - start
+        except DecodeError as e:
+            size = self.transform.crop_size
+            item.update(video=torch.zeros(len(self.views), 3, self.sampling.num_frames, size,
+                                          size), valid=False, error=str(e))
+            return item
+        start = time.perf_counter()
+        row = {f: k for k, f in enumerate(wanted)}
+        item["video"] = torch.stack([
+            self.transform(frames[[row[f] for f in clips[v.clip]]], v.crop)
+            for v in self.views])
+        timing["transform"] = time.perf_counter() - start
+        return item
+
+
+def collate_views(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The views of several videos as one batch: ``video`` (sum V, C, T, S, S) and, per
+    view, ``index`` (the video's)."""
+    return {"video": torch.cat([it["video"] for it in items]),
+            "index": torch.tensor([it["index"] for it in items
+                                   for _ in range(it["num_views"])]),
+            "valid": {it["index"]: it["valid"] for it in items},
+            "error": {it["index"]: it["error"] for it in items if it["error"]},
+            "timing": [it["timing"] for it in items]}
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -98,7 +98,11 @@ class PyAVBackend:
                              stream.codec_context.width, stream.codec_context.height,
                              tuple(k for k, _ in keys) or (0,), tuple(t for _, t in keys))
 
-    def read(self, path, indices, info: VideoInfo | None = None) -> np.ndarray:
+    def read(self, path, indices, info: VideoInfo | None = None,
+             short_side: int | None = None) -> np.ndarray:
+        """Frames ``indices`` as uint8 (T, H, W, 3); with ``short_side``, scaled by the
+        decoder's own scaler (FFmpeg's swscale, area averaging) so that the shorter side
+        is that long: full-size frames never reach Python."""
         info = info or self.probe(path)
         if info.num_frames == 0:
             raise DecodeError(f"{path}: no video frames")
@@ -106,7 +110,8 @@ class PyAVBackend:
         wanted = sorted(set(indices))
         if not wanted:
             raise ValueError("no frame indices to read")
-        frames = self._decode(path, wanted, info)
+        size = scaled_size(info.width, info.height, short_side) if short_side else None
+        frames = self._decode(path, wanted, info, size)
         missing = [i for i in wanted if i not in frames]
         if not frames or len(missing) > len(wanted) // 4:
             raise DecodeError(f"{path}: {len(missing)} of {len(wanted)} requested frames "
@@ -116,7 +121,8 @@ class PyAVBackend:
         return np.stack([frames[i] if i in frames else frames[_nearest(frames, i)]
                          for i in indices])
 
-    def _decode(self, path, wanted: list[int], info: VideoInfo) -> dict[int, np.ndarray]:
+    def _decode(self, path, wanted: list[int], info: VideoInfo,
+                size: tuple[int, int] | None = None) -> dict[int, np.ndarray]:
         """Decode from the last keyframe at or before the first wanted frame.
 
         Frames are counted in decoder output (presentation) order from that keyframe. If
@@ -124,12 +130,16 @@ class PyAVBackend:
         """
         k = bisect.bisect_right(info.keyframes, wanted[0]) - 1
         if k >= 0 and info.keyframes[k] > 0 and k < len(info.keyframe_stamps):
-            frames = self._decode_from(path, wanted, info.keyframes[k], info.keyframe_stamps[k])
+            frames = self._decode_from(path, wanted, info.keyframes[k], info.keyframe_stamps[k],
+                                       size)
             if frames is not None:
                 return frames
-        return self._decode_from(path, wanted, 0, None)
+        return self._decode_from(path, wanted, 0, None, size)
 
-    def _decode_from(self, path, wanted, start: int, stamp: int | None):
+    def _decode_from(self, path, wanted, start: int, stamp: int | None,
+                     size: tuple[int, int] | None = None):
+        scale = {} if size is None else {"width": size[0], "height": size[1],
+                                         "interpolation": "AREA"}
         deadline = time.monotonic() + self.timeout
         frames: dict[int, np.ndarray] = {}
         targets = set(wanted)
@@ -149,7 +159,7 @@ class PyAVBackend:
                     if stamp is not None and index == start and frame.pts != stamp:
                         return None  # the seek did not land on the keyframe
                     if index in targets:
-                        frames[index] = frame.to_ndarray(format="rgb24")
+                        frames[index] = frame.to_ndarray(format="rgb24", **scale)
                     index += 1
                     if index > wanted[-1]:
                         break
@@ -187,7 +197,21 @@ class TorchCodecBackend:
                          float(meta.average_fps or 0), int(meta.width or 0),
                          int(meta.height or 0), (0,))
 
-    def read(self, path, indices, info: VideoInfo | None = None) -> np.ndarray:
+    def read(self, path, indices, info: VideoInfo | None = None,
+             short_side: int | None = None) -> np.ndarray:
+        frames = self._read(path, indices)
+        if short_side is None:
+            return frames
+        import torch
+        import torch.nn.functional as F
+
+        h, w = frames.shape[1:3]
+        new_w, new_h = scaled_size(w, h, short_side)
+        video = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+        video = F.interpolate(video, size=(new_h, new_w), mode="area")
+        return video.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+    def _read(self, path, indices) -> np.ndarray:
         decoder = self._decoder(path)
         n = len(decoder)
         if n == 0:
@@ -211,6 +235,14 @@ class TorchCodecBackend:
                               "do not decode")
         return np.stack([frames[i] if i in frames else frames[_nearest(frames, i)]
                          for i in indices])
+
+
+def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """(width, height) with the shorter side ``short_side`` and the aspect kept (the longer
+    side truncated, as torchvision's ``resize([short_side])``)."""
+    if width <= height:
+        return short_side, int(short_side * height / width)
+    return int(short_side * width / height), short_side
 
 
 def _nearest(frames: dict[int, np.ndarray], i: int) -> int:

@@ -6,6 +6,10 @@ jitter. The class is what happens over time: which way the object moves, which w
 turns, whether it approaches or recedes, appears or disappears, whether two objects meet
 or pass each other. No single frame tells the class. Everything is drawn with NumPy
 from a seed and written as real H.264 files with lists in the ``path label`` format.
+
+That is the ``"shapes"`` kind. ``SynthConfig(kind="natural")`` writes the second benchmark
+instead, camera and object motion over real photographs (:mod:`mar.data.natural`), with
+the same files, cache and manifest.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import TMP, recover, write_text
+from . import natural
 from .lists import VideoRecord, write_class_names, write_list
 from .video_writer import write_video
 
@@ -31,15 +36,39 @@ CLASSES = (
 SHAPES = ("square", "disc", "triangle", "bar")
 
 
+KINDS = {"shapes": CLASSES, "natural": natural.CLASSES}  # kind -> its class names
+DEFAULT_SIZE = {"shapes": 64, "natural": 112}  # natural: patch 16 gives a 7x7 grid
+
+
 @dataclass(frozen=True)
 class SynthConfig:
+    """Settings of a synthetic set. ``kind``: ``"shapes"`` (this module's drawn shapes
+    over noisy backgrounds) or ``"natural"`` (camera and object motion over real
+    photographs, :mod:`mar.data.natural`); ``size`` None means the kind's default."""
+
     num_frames: int = 16
-    size: int = 64
+    size: int | None = None
     fps: int = 12
     per_class_train: int = 40
     per_class_val: int = 10
     seed: int = 0
     crf: int = 18
+    kind: str = "shapes"
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"SynthConfig.kind: unknown {self.kind!r}, expected one of "
+                             f"{', '.join(KINDS)}")
+        if self.size is None:
+            object.__setattr__(self, "size", DEFAULT_SIZE[self.kind])
+
+
+def class_names(kind: str = "shapes") -> tuple[str, ...]:
+    """The class names of a kind of synthetic set, in label order."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown synthetic set kind {kind!r}, expected one of "
+                         f"{', '.join(KINDS)}")
+    return KINDS[kind]
 
 
 def _shape_mask(kind: str, yy, xx, cy, cx, radius, angle) -> np.ndarray:
@@ -146,7 +175,9 @@ def render(label: int, cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray
     return np.clip(np.stack(frames), 0, 255).astype(np.uint8)
 
 
-MANIFEST = "synth.json"  # {"settings": every SynthConfig field or null, "complete": bool}
+# {"settings": every SynthConfig field (+ "images", the photographs' hash, for natural) or
+# null, "complete": bool}
+MANIFEST = "synth.json"
 LEGACY_MARKER = "done"  # what older versions wrote: repr(SynthConfig(...))
 SPLITS = ("train", "val")
 OWN_FILES = ("train.csv", "val.csv", "classes.txt", LEGACY_MARKER)
@@ -166,10 +197,11 @@ def synthesize(out: str | Path, cfg: SynthConfig = SynthConfig(), progress=None)
     - a non-empty folder without ``synth.json`` (nor an older ``done`` marker) is not a
       synthetic set: it is refused, nothing in it is touched.
 
-    Every file is written atomically, so a video that exists is whole.
+    Every file is written atomically, so a video that exists is whole. ``cfg.kind``
+    chooses the benchmark (:data:`KINDS`); a set of another kind is other settings.
     """
     out = Path(out)
-    settings = asdict(cfg)
+    settings = _settings(cfg)
     found = _read_manifest(out)
     same = found is not None and found["settings"] == settings
     if same and found["complete"] and all(v[-1].is_file() for v in _videos(out, cfg)):
@@ -184,6 +216,15 @@ def synthesize(out: str | Path, cfg: SynthConfig = SynthConfig(), progress=None)
     return {"cached": False, "path": str(out)}
 
 
+def _settings(cfg: SynthConfig) -> dict:
+    """What the manifest records: every setting, and for natural sets the hash of the
+    photographs (a package release that changes one makes other videos)."""
+    settings = asdict(cfg)
+    if cfg.kind == "natural":
+        settings["images"] = natural.pool_digest()
+    return settings
+
+
 def _read_manifest(out: Path) -> dict | None:
     """What ``out`` holds: ``{"settings", "complete"}`` of a synthetic set (settings None
     when unknown), or None for a missing or empty folder. Anything else is refused."""
@@ -195,7 +236,10 @@ def _read_manifest(out: Path) -> dict | None:
     if manifest.is_file():
         try:
             found = json.loads(manifest.read_text())
-            return {"settings": found["settings"], "complete": found["complete"] is True}
+            settings = found["settings"]
+            if isinstance(settings, dict):  # written before kinds existed: shapes
+                settings = {**settings, "kind": settings.get("kind", "shapes")}
+            return {"settings": settings, "complete": found["complete"] is True}
         except (ValueError, TypeError, KeyError):  # damaged: ours, settings unknown
             return {"settings": None, "complete": False}
     if legacy.is_file() and legacy.read_bytes().startswith(b"SynthConfig("):
@@ -225,7 +269,7 @@ def _videos(out: Path, cfg: SynthConfig):
     """(split, label, index, path) of every video of the set, in list order."""
     counts = {"train": cfg.per_class_train, "val": cfg.per_class_val}
     for split in SPLITS:
-        for label in range(len(CLASSES)):
+        for label in range(len(class_names(cfg.kind))):
             for i in range(counts[split]):
                 yield split, label, i, out / split / f"{label:02d}_{i:04d}.mp4"
 
@@ -239,11 +283,17 @@ def _build(out: Path, cfg: SynthConfig, progress=None) -> None:
     for split, label, i, path in _videos(out, cfg):
         if not path.is_file():
             seq = np.random.SeedSequence([cfg.seed, SPLITS.index(split), label, i])
-            write_video(path, render(label, cfg, np.random.default_rng(seq)), cfg.fps,
+            write_video(path, _render(label, cfg, np.random.default_rng(seq)), cfg.fps,
                         cfg.crf)
         records[split].append(VideoRecord(str(path.relative_to(out)), label))
         if progress:
             progress()
     for split in SPLITS:
         write_list(records[split], out / f"{split}.csv")
-    write_class_names(list(CLASSES), out / "classes.txt")
+    write_class_names(list(class_names(cfg.kind)), out / "classes.txt")
+
+
+def _render(label: int, cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray:
+    if cfg.kind == "natural":
+        return natural.render(label, cfg.num_frames, cfg.size, rng)
+    return render(label, cfg, rng)

@@ -36,16 +36,30 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 12, crf: int = 
 
 def _encode(path: Path, container: str, frames: np.ndarray, fps: int, crf: int,
             preset: str) -> None:
+    encode_stream(path, container, iter(frames), fps, crf, preset)
+
+
+def encode_stream(path: Path, container: str, frames, fps: float, crf: int = 18,
+                  preset: str = "veryfast") -> int:
+    """Encode an iterable of uint8 RGB frames (all the size of the first, even sides) to
+    ``path`` as H.264, one frame in memory at a time; returns the frame count. Not atomic
+    by itself: call it inside :func:`mar.atomic.write_file`."""
     import av
 
+    count = 0
     with av.open(str(path), "w", format=container) as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "preset": preset}
+        stream = None
         for img in frames:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-            for packet in stream.encode(frame):
+            if stream is None:
+                stream = out.add_stream("libx264", rate=round(fps) or 25)
+                stream.width, stream.height = img.shape[1] // 2 * 2, img.shape[0] // 2 * 2
+                stream.pix_fmt = "yuv420p"
+                stream.options = {"crf": str(crf), "preset": preset}
+            img = np.ascontiguousarray(img[:stream.height, :stream.width])
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                 out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+            count += 1
+        if stream is not None:
+            for packet in stream.encode():
+                out.mux(packet)
+    return count

@@ -43,12 +43,16 @@ class VideoEncoder(nn.Module):
     def num_tokens(self) -> int:
         return math.prod(self.grid)
 
-    def forward(self, video: Tensor, mask: Mask | None = None) -> Tensor:
+    def embed(self, video: Tensor) -> Tensor:
+        """Every tubelet embedded, position added: (B, C, T, H, W) -> (B, N, D)."""
         grid = self.patch_embed.grid(*video.shape[2:])
         if grid != self.grid:
             raise ValueError(f"clip {tuple(video.shape[2:])} gives token grid {grid}, but the "
                              f"encoder was built for {self.grid}")
-        x = self.patch_embed(video) + self.pos_embed       # (B, N, D)
+        return self.patch_embed(video) + self.pos_embed
+
+    def forward(self, video: Tensor, mask: Mask | None = None) -> Tensor:
+        x = self.embed(video)                              # (B, N, D)
         if mask is not None and mask.num_masked:
             if mask.grid != self.grid:
                 raise ValueError(f"mask grid {mask.grid} does not match the encoder's "

@@ -41,13 +41,24 @@ class Attention(nn.Module):
         qkv = F.linear(x, self.qkv.weight, bias)
         return qkv.view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        return self.attend(x, bias)[0]
+
+    def attend(self, x: Tensor, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The attention output (B, N, D) and the keys (B, heads, N, head_dim).
+
+        ``bias`` (B, 1, 1, N) is added to every query's logits: ``log(size)`` gives ToMe's
+        proportional attention, ``-inf`` hides a padded key (see ``token_reduction``).
+        ``None`` is the plain model. The keys are ToMe's similarity metric.
+        """
         b, n, d = x.shape
         q, k, v = self.qkv_heads(x)
+        if bias is not None:
+            bias = bias.to(q.dtype)  # under autocast q is bf16 / fp16
         x = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+            q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0)
         x = x.transpose(1, 2).reshape(b, n, d)
-        return self.proj_drop(self.proj(x))
+        return self.proj_drop(self.proj(x)), k
 
 
 class Block(nn.Module):
@@ -63,8 +74,9 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+    def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        """``bias``: an additive attention bias over the keys, as :meth:`Attention.attend`."""
+        x = x + self.drop_path(self.attn(self.norm1(x), bias))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 

@@ -1,0 +1,209 @@
+"""End-to-end prediction on real video files: mar (MAR 50 % and full tokens) against the
+transformers way a user writes it from the VideoMAE model card.
+
+Every arm goes from video files to class probabilities, one view per video (16 frames
+at stride 4 from the middle, the short side resized to 224, the centre 224x224 crop),
+with the model already loaded; the arms run interleaved, and the table gives medians of
+the repeats. The models hold the same random weights: a transformers
+``VideoMAEForVideoClassification`` converted by ``mar.convert`` (the MAR arm tests the same
+weights with the cell running 50 % mask). The transformers way decodes with PyAV the
+frames the same indices name (iterating the stream, as the model card's
+``read_video_pyav``), prepares them with ``VideoMAEImageProcessor`` and runs the model;
+the report gives the top-1 agreement of the full-token arms on these identical views.
+
+Videos: the shared test videos, plus longer ones made by concatenating them (written
+once into ``--work``). Start-up (``mar predict`` as a command, imports and model load
+included) is measured on its own.
+
+    python benchmarks/bench_predict.py --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "testdata" / "videos"
+
+
+def long_videos(work: Path, count: int, seconds: float) -> list[Path]:
+    """``count`` videos of about ``seconds`` each at 25 fps, 640x360, made by chaining
+    the shared clips (resized) end to end; written once."""
+    import av
+
+    from mar.data.video_writer import write_video
+
+    sources = sorted(p for p in SHARED.glob("*") if p.suffix in (".mp4", ".avi")
+                     and "bugy" not in p.name)
+    out = []
+    for k in range(count):
+        path = work / f"long_{k}_{seconds:g}s.mp4"
+        out.append(path)
+        if path.is_file():
+            continue
+        frames = []
+        while len(frames) < seconds * 25:
+            src = sources[(k + len(frames)) % len(sources)]
+            with av.open(str(src)) as c:
+                for f in c.decode(video=0):
+                    frames.append(f.to_ndarray(format="rgb24", width=640, height=360))
+        write_video(path, np.stack(frames[: int(seconds * 25)]), fps=25)
+    return out
+
+
+def setup(work: Path, tiny: bool):
+    """A random transformers classifier saved to ``work``, and mar model directories of
+    the same weights: full tokens, and MAR 50 %."""
+    from transformers import VideoMAEConfig, VideoMAEForVideoClassification
+
+    from mar.convert import convert_checkpoint, save_model
+
+    size = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                intermediate_size=256) if tiny else {}
+    torch.manual_seed(0)
+    hf = VideoMAEForVideoClassification(VideoMAEConfig(num_labels=400, **size,
+                                                       attn_implementation="sdpa")).eval()
+    hf_dir = work / ("hf-tiny" if tiny else "hf")
+    hf.save_pretrained(hf_dir)
+    dirs = {}
+    for name, masking in (("full", {"name": "none", "ratio": 0.0}),
+                          ("mar50", {"name": "cell_running", "ratio": 0.5})):
+        model, report = convert_checkpoint(hf_dir)
+        dirs[name] = save_model(model, report.config, work / f"mar-{name}{'-tiny' * tiny}",
+                                masking=masking, overwrite=True)
+    return hf, hf_dir, dirs
+
+
+SETTINGS = ["data.sampling=dense", "data.stride=4", "data.test_clips=1", "data.test_crops=1",
+            "data.num_frames=16"]
+
+
+def transformers_way(hf, processor, videos: list[Path], indices_of) -> list[np.ndarray]:
+    """The model card's way: decode the sampled frames with PyAV, process, classify."""
+    import av
+
+    out = []
+    with torch.inference_mode():
+        for path in videos:
+            with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                total = sum(1 for _ in container.demux(stream) if _.size)
+            indices = indices_of(total)
+            wanted, frames = set(indices), {}
+            with av.open(str(path)) as container:
+                for i, frame in enumerate(container.decode(video=0)):
+                    if i > max(indices):
+                        break
+                    if i in wanted:
+                        frames[i] = frame.to_ndarray(format="rgb24")
+            clip = [frames.get(i, frames[max(frames)]) for i in indices]
+            inputs = processor(clip, return_tensors="pt")
+            out.append(hf(**inputs).logits.softmax(-1)[0].numpy())
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--work", default=str(ROOT / ".bench-predict"),
+                        help="where the long videos and the models are written")
+    parser.add_argument("--long", type=int, default=4, help="long videos to add")
+    parser.add_argument("--seconds", type=float, default=20.0, help="their length")
+    parser.add_argument("--workers", type=int, help="mar predict --workers (default: its own)")
+    parser.add_argument("--tiny", action="store_true", help="a 2-block model (tests)")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+
+    from transformers import VideoMAEImageProcessor
+
+    from mar.data import ClipSampling
+    from mar.inference import load_run, predict
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    videos = sorted(p for p in SHARED.glob("*") if p.suffix in (".mp4", ".avi"))
+    videos += long_videos(work, args.long, args.seconds)
+    hf, hf_dir, dirs = setup(work, args.tiny)
+    from mar.constants import IMAGENET_MEAN, IMAGENET_STD
+
+    # as the MCG-NJU/videomae-* checkpoints' preprocessor_config.json: shortest edge 224,
+    # centre crop 224, ImageNet mean and std (the class default is 0.5 / 0.5)
+    processor = VideoMAEImageProcessor(image_mean=list(IMAGENET_MEAN),
+                                       image_std=list(IMAGENET_STD))
+    sampling = ClipSampling("dense", 16, 4)
+
+    def indices_of(total: int) -> list[int]:
+        return sampling.indices(total, train=False)
+
+    models = {name: load_run(d, None, SETTINGS) for name, d in dirs.items()}
+    arms = {
+        "mar predict, MAR 50 %": lambda: predict(*models["mar50"], videos,
+                                                 models["mar50"][1].test_masking(),
+                                                 workers=args.workers),
+        "mar predict, full tokens": lambda: predict(*models["full"], videos,
+                                                    models["full"][1].test_masking(),
+                                                    workers=args.workers),
+        "transformers (model card: PyAV + VideoMAEImageProcessor)":
+            lambda: transformers_way(hf, processor, videos, indices_of),
+    }
+    times: dict[str, list[float]] = {a: [] for a in arms}
+    results = {}
+    for r in range(args.repeats):
+        order = list(arms)[r % len(arms):] + list(arms)[:r % len(arms)]
+        for name in order:
+            start = time.perf_counter()
+            results[name] = arms[name]()
+            times[name].append(time.perf_counter() - start)
+        print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(
+            f"{times[a][-1]:.1f}s" for a in arms), flush=True)
+
+    full = [p.classes[0] if p.classes else -1 for p in results["mar predict, full tokens"]]
+    theirs = [int(np.argmax(p)) for p in results[list(arms)[2]]]
+    agree = sum(a == b for a, b in zip(full, theirs, strict=True))
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "mar.cli", "predict", str(videos[0]), "--checkpoint",
+                    str(dirs["mar50"]), "--json", *(f"--set={s}" for s in SETTINGS)],
+                   check=True, capture_output=True, env=env)
+    command = time.perf_counter() - start
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "mar.cli", "--help"], check=True,
+                   capture_output=True)
+    help_s = time.perf_counter() - start
+
+    med = {a: statistics.median(t) for a, t in times.items()}
+    hf_name = list(arms)[2]
+    frames = sum(1 for _ in videos)
+    print(f"\n{frames} videos ({len(videos) - args.long} shared test videos + {args.long} of "
+          f"{args.seconds:g} s at 640x360), 1 view each, {'tiny' if args.tiny else 'ViT-B/16'}"
+          f", CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+          f"threads), torch {torch.__version__}, median of {args.repeats}\n")
+    print("| arm | median s | videos/s | speed-up vs transformers |")
+    print("|---|--:|--:|--:|")
+    for a in arms:
+        print(f"| {a} | {med[a]:.2f} | {len(videos) / med[a]:.2f} | {med[hf_name] / med[a]:.2f}x |")
+    print(f"\nfull-token top-1 agreement with transformers on the same views: {agree} of "
+          f"{len(videos)}")
+    print(f"start-up: `mar predict` of one video as a command {command:.1f} s; "
+          f"`mar --help` {help_s:.2f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"times": times, "agree": agree,
+                                               "videos": [str(v) for v in videos],
+                                               "command_s": command, "help_s": help_s},
+                                              indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,347 @@
+"""The HTTP application of ``mar serve``: routes, limits, errors, start-up and shutdown.
+
+Routes: ``POST /v1/predict`` (multipart upload -> top-k JSON), ``GET /healthz`` (the
+process answers), ``GET /readyz`` (the model is loaded and warmed up), ``GET /metrics``
+(Prometheus text), ``GET /`` (the web page). Every error is JSON,
+``{"error": CODE, "detail": ONE LINE}``, with its status: 401 bad or missing token, 413
+upload or video too large, 422 missing field or not a decodable video, 429 too many
+requests in flight, 503 loading or shutting down, 504 past the request timeout.
+
+A request goes: admission (token, readiness, in-flight bound; before the body is read) ->
+upload (size-limited while it is received) -> decode (thread pool) -> micro-batcher
+(one model thread) -> answer. The model loads in a background thread so ``/healthz``
+answers at once; ``/readyz`` and predictions wait for it. On SIGTERM/SIGINT uvicorn stops
+accepting connections and lets requests in flight finish; then the batcher drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, BinaryIO
+
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..data import DecodeError
+from .batcher import BatcherClosed, MicroBatcher
+from .metrics import CONTENT_TYPE, ServeMetrics
+from .predictor import DecodedVideo, ServedModel, VideoTooLong
+
+log = logging.getLogger("mar.serve")
+PROTECTED = ("/v1/predict", "/metrics")   # need the bearer token when one is set
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Everything ``mar serve`` is started with (the CLI flags; defaults documented in
+    docs/serve.md)."""
+
+    checkpoint: str
+    config: str | None = None
+    overrides: tuple[str, ...] = ()
+    class_names: str | None = None
+    mask_ratio: float | None = None
+    device: str = "cpu"
+    token: str | None = None
+    max_batch_size: int = 16        # views per model call
+    max_wait_ms: float = 10.0       # how long the first request of a batch waits for others
+    max_upload_mb: float = 100.0
+    max_frames: int = 9000          # 5 minutes at 30 fps
+    timeout_s: float = 60.0         # end of upload -> answer
+    queue_size: int = 32            # prediction requests in flight at once
+    decode_workers: int = 2
+    topk: int = 5
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+def error(status: int, code: str, detail: str, headers: dict | None = None) -> JSONResponse:
+    """The JSON body of every error: ``{"error": code, "detail": detail}``."""
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+def upload_too_large(settings: ServeSettings) -> JSONResponse:
+    return error(413, "upload_too_large", f"the upload is over the limit of "
+                 f"{settings.max_upload_mb:g} MiB (--max-upload-mb)")
+
+
+class ServerState:
+    """What the routes share: the settings, the model and batcher once loaded, metrics."""
+
+    def __init__(self, settings: ServeSettings,
+                 on_load_error: Callable[[Exception], None] | None = None):
+        self.settings = settings
+        self.on_load_error = on_load_error
+        self.served: ServedModel | None = None
+        self.batcher: MicroBatcher | None = None
+        self.load_error: str | None = None
+        self.closing = False
+        self.inflight = 0
+        self.metrics = ServeMetrics(lambda: self.batcher.depth if self.batcher else 0)
+        self.decode_pool = ThreadPoolExecutor(settings.decode_workers,
+                                              thread_name_prefix="mar-decode")
+
+    @property
+    def ready(self) -> bool:
+        return self.batcher is not None and not self.closing
+
+    def load(self) -> None:
+        """Load and warm up the model, then start the batcher (in a background thread)."""
+        s = self.settings
+        try:
+            start = time.perf_counter()
+            served = ServedModel(s.checkpoint, s.config, list(s.overrides), s.class_names,
+                                 s.mask_ratio, s.device, decode_timeout=s.timeout_s)
+            served.warm_up((1, s.max_batch_size))
+            self.served = served
+            self.batcher = MicroBatcher(served.scores, s.max_batch_size, s.max_wait_ms / 1000,
+                                        on_batch=self.metrics.on_batch)
+            self.metrics.ready.set(1)
+            log.info("%s: ready in %.1f s; %s; %.3f GFLOPs per view, %d views per video",
+                     s.checkpoint, time.perf_counter() - start, served.masking_info["line"],
+                     served.gflops, served.num_views)
+        except Exception as e:
+            self.load_error = f"{s.checkpoint}: {e}"
+            log.error("could not load the model: %s", self.load_error)
+            if self.on_load_error is not None:
+                self.on_load_error(e)
+
+    def close(self) -> None:
+        """Stop taking work, finish what was submitted, free the threads."""
+        self.closing = True
+        self.metrics.ready.set(0)
+        if self.batcher is not None:
+            self.batcher.close()
+        self.decode_pool.shutdown(wait=True)
+
+
+class Admission:
+    """ASGI middleware: the checks made before a request's body is read (bearer token,
+    readiness, the in-flight bound), and the per-status count of predictions."""
+
+    def __init__(self, app, state: ServerState):
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] not in PROTECTED:
+            return await self.app(scope, receive, send)
+        if scope["path"] != "/v1/predict":
+            return await self._authorized(scope, receive, send, self.app)
+        codes = []
+
+        async def counting_send(message):
+            if message["type"] == "http.response.start":
+                codes.append(message["status"])
+            await send(message)
+
+        try:
+            await self._authorized(scope, receive, counting_send, self._admit)
+        finally:
+            self.state.metrics.requests.labels(str(codes[0] if codes else 499)).inc()
+
+    async def _authorized(self, scope, receive, send, app):
+        token = self.state.settings.token
+        if token:
+            given = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                what = "missing" if not given else "wrong"
+                response = error(401, "unauthorized", f"{what} bearer token (send "
+                                 "'Authorization: Bearer TOKEN')",
+                                 {"WWW-Authenticate": "Bearer"})
+                return await response(scope, receive, send)
+        await app(scope, receive, send)
+
+    async def _admit(self, scope, receive, send):
+        state = self.state
+        if not state.ready:
+            detail = ("the server is shutting down" if state.closing else
+                      state.load_error or "the model is still loading (see GET /readyz)")
+            return await error(503, "not_ready", detail, {"Retry-After": "5"})(
+                scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > state.settings.max_upload_bytes:
+            # a body without Content-Length is counted as it arrives (the route's limit)
+            return await upload_too_large(state.settings)(scope, receive, send)
+        limit = state.settings.queue_size
+        if state.inflight >= limit:
+            return await error(429, "busy", f"{limit} requests in flight already "
+                               "(--queue-size); retry shortly", {"Retry-After": "1"})(
+                scope, receive, send)
+        state.inflight += 1
+        state.metrics.inflight.set(state.inflight)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            state.inflight -= 1
+            state.metrics.inflight.set(state.inflight)
+
+
+def _safe_suffix(filename: str | None) -> str:
+    suffix = Path(filename or "").suffix
+    return suffix if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", suffix) else ""
+
+
+def decode_upload(served: ServedModel, file: BinaryIO, filename: str,
+                  max_frames: int) -> DecodedVideo:
+    """Copy the upload to a temporary file (the decoders read paths) and decode its
+    test views; error messages name the upload, not the temporary file."""
+    with tempfile.NamedTemporaryFile(prefix="mar-upload-", suffix=_safe_suffix(filename)) as tmp:
+        file.seek(0)
+        shutil.copyfileobj(file, tmp)
+        tmp.flush()
+        try:
+            return served.decode(tmp.name, max_frames)
+        except (DecodeError, VideoTooLong) as e:
+            raise type(e)(str(e).replace(tmp.name, filename)) from None
+
+
+def create_app(settings: ServeSettings,
+               on_load_error: Callable[[Exception], None] | None = None) -> FastAPI:
+    """The FastAPI application; the model starts loading when the app starts."""
+    state = ServerState(settings, on_load_error)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        threading.Thread(target=state.load, name="mar-load", daemon=True).start()
+        yield
+        await asyncio.to_thread(state.close)
+
+    app = FastAPI(title="mar serve", lifespan=lifespan,
+                  description="MAR action recognition over HTTP")
+    app.state.serve = state
+    app.add_middleware(Admission, state=state)
+    page = (resources.files("mar.serve") / "static" / "index.html").read_text("utf-8")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 413:
+            return upload_too_large(settings)
+        return error(exc.status_code, "http_error", str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        problems = []
+        for e in exc.errors():
+            field = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+            problems.append(f"{field}: {e.get('msg', 'invalid')}")
+        hint = (" (send the video as the multipart/form-data file field 'video')"
+                if any(p.startswith("video:") for p in problems) else "")
+        return error(422, "invalid_request", "; ".join(problems) + hint)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        log.exception("%s %s failed", request.method, request.url.path)
+        return error(500, "internal", f"{type(exc).__name__}: {exc}".splitlines()[0])
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index():
+        return HTMLResponse(page)
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz():
+        if not state.ready:
+            detail = ("the server is shutting down" if state.closing else
+                      state.load_error or "the model is still loading")
+            return error(503, "not_ready", detail)
+        served = state.served
+        return {"status": "ready", "model": model_info(served),
+                "masking": served.masking_info, "gflops_per_view": served.gflops,
+                "views": served.num_views}
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.post("/v1/predict", max_body_size=settings.max_upload_bytes)
+    async def predict(video: Annotated[UploadFile, File(description="the video file")],
+                      topk: Annotated[int, Form(description="classes to return")] = (
+                          settings.topk),
+                      pictures: Annotated[bool, Form(description="add PNG pictures of the "
+                                          "first view: masked tokens, reconstruction")] = False):
+        # Long videos: a window/stride timeline (several predictions along the video)
+        # would be decoded here into one views tensor per window and submitted to the
+        # batcher window by window; /v1/predict scores the config's test views only.
+        served, batcher = state.served, state.batcher
+        k = served.cfg.model.num_classes
+        if not 1 <= topk <= k:
+            return error(422, "invalid_request", f"topk: must be between 1 and {k}, "
+                         f"got {topk}")
+        start = time.perf_counter()
+        name = video.filename or "upload"
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(settings.timeout_s):
+                decoded = await loop.run_in_executor(state.decode_pool, decode_upload, served,
+                                                     video.file, name, settings.max_frames)
+                decode_s = time.perf_counter() - start
+                result = await asyncio.wrap_future(batcher.submit(decoded.views))
+                drawn = None
+                if pictures:
+                    drawn = await loop.run_in_executor(state.decode_pool, served.pictures,
+                                                       decoded.views[0])
+        except TimeoutError:
+            return error(504, "timeout", f"{name}: no answer within {settings.timeout_s:g} s "
+                         "(--timeout-s)")
+        except VideoTooLong as e:
+            return error(413, "video_too_long", str(e))
+        except DecodeError as e:
+            return error(422, "not_a_video", str(e))
+        except BatcherClosed as e:
+            return error(503, "not_ready", str(e))
+        total_s = time.perf_counter() - start
+        probs = result.scores.mean(0)
+        top = probs.topk(topk)
+        rows = []
+        for c, p in zip(top.indices.tolist(), top.values.tolist(), strict=True):
+            row = {"class": c, "prob": p}
+            if served.label(c) is not None:
+                row["name"] = served.label(c)
+            rows.append(row)
+        m = state.metrics.seconds
+        for stage, seconds in (("decode", decode_s), ("queue", result.queue_s),
+                               ("model", result.model_s), ("total", total_s)):
+            m.labels(stage).observe(seconds)
+        body = {"filename": name, "top": rows, "model": model_info(served),
+                "masking": served.masking_info, "gflops_per_view": served.gflops,
+                "views": decoded.views.shape[0], "clips": served.cfg.data.test_clips,
+                "crops": served.cfg.data.test_crops,
+                "video": {"frames": decoded.frames, "fps": decoded.fps,
+                          "width": decoded.width, "height": decoded.height},
+                "timing_ms": {"decode": 1000 * decode_s, "queue": 1000 * result.queue_s,
+                              "model": 1000 * result.model_s, "total": 1000 * total_s},
+                "batch": {"views": result.batch_views, "requests": result.batch_requests}}
+        if drawn is not None:
+            body["pictures"] = drawn
+        return body
+
+    return app
+
+
+def model_info(served: ServedModel) -> dict:
+    m = served.cfg.model
+    return {"name": m.name, "head": m.head, "num_classes": m.num_classes,
+            "num_frames": m.num_frames, "img_size": m.img_size,
+            "decoder": served.model.decoder is not None, "checkpoint": served.checkpoint,
+            "class_names": served.names is not None}

@@ -1,0 +1,135 @@
+"""``mar serve``: the command line of the HTTP inference server.
+
+Wired into ``mar`` by :func:`add_parser`; ``python -m mar.serve ...`` runs the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from ..errors import ConfigError
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+DESCRIPTION = ("Serve a model over HTTP: POST /v1/predict (multipart video upload -> top-k "
+               "JSON), GET /healthz, /readyz, /metrics (Prometheus), and a web page at /. "
+               "Example: `mar serve --checkpoint runs/ssv2_b_mar50/best`. See docs/serve.md.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True,
+                   help="a run, checkpoint or model directory, or a .safetensors file")
+    p.add_argument("--config", help="the run's config (default: found beside the weights)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set data.test_clips=1")
+    p.add_argument("--class-names", help="class-name file (default: data.class_names)")
+    p.add_argument("--mask-ratio", type=float,
+                   help="cell running at this ratio (default: the config's test mask)")
+    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default: %(default)s, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="default: %(default)s")
+    p.add_argument("--token", default=os.environ.get("MAR_SERVE_TOKEN"),
+                   help="require 'Authorization: Bearer TOKEN' on /v1/predict and /metrics "
+                   "(default: $MAR_SERVE_TOKEN, else none)")
+    p.add_argument("--max-batch-size", type=int, default=16,
+                   help="views per model call (default: %(default)s; 1: no batching)")
+    p.add_argument("--max-wait-ms", type=float, default=10.0,
+                   help="how long a batch waits for more requests (default: %(default)s)")
+    p.add_argument("--max-upload-mb", type=float, default=100.0,
+                   help="largest upload, in MiB; larger: 413 (default: %(default)s)")
+    p.add_argument("--max-frames", type=int, default=9000,
+                   help="longest video, in frames; longer: 413 (default: %(default)s)")
+    p.add_argument("--timeout-s", type=float, default=60.0,
+                   help="seconds from the end of an upload to its answer; later: 504 "
+                   "(default: %(default)s)")
+    p.add_argument("--queue-size", type=int, default=32,
+                   help="prediction requests in flight at once; more: 429 "
+                   "(default: %(default)s)")
+    p.add_argument("--decode-workers", type=int, default=2,
+                   help="threads decoding uploads (default: %(default)s)")
+    p.add_argument("--topk", type=int, default=5,
+                   help="classes per answer unless the request asks (default: %(default)s)")
+    p.add_argument("--log-level", default="info",
+                   choices=["critical", "error", "warning", "info", "debug"])
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "serve", help="HTTP inference server with a web page", description=DESCRIPTION)
+    add_arguments(p)
+    p.set_defaults(func=cmd_serve)
+    return p
+
+
+def settings_from(args: argparse.Namespace):
+    from .app import ServeSettings
+
+    for flag in ("max_batch_size", "max_frames", "queue_size", "decode_workers", "topk"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1, "
+                              f"got {getattr(args, flag)}")
+    for flag in ("max_upload_mb", "timeout_s"):
+        if getattr(args, flag) <= 0:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be positive, "
+                              f"got {getattr(args, flag)}")
+    if args.max_wait_ms < 0:
+        raise ConfigError(f"--max-wait-ms must be at least 0, got {args.max_wait_ms}")
+    return ServeSettings(
+        checkpoint=args.checkpoint, config=args.config, overrides=tuple(args.set),
+        class_names=args.class_names, mask_ratio=args.mask_ratio, device=args.device,
+        token=args.token or None, max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms, max_upload_mb=args.max_upload_mb,
+        max_frames=args.max_frames, timeout_s=args.timeout_s, queue_size=args.queue_size,
+        decode_workers=args.decode_workers, topk=args.topk)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .app import create_app
+    except ImportError as e:
+        raise RuntimeError(f"mar serve needs the 'serve' extra ({e.name} is not installed): "
+                           "pip install -e \".[serve]\"") from None
+    from ..models.io import weights_file
+
+    weights_file(args.checkpoint)  # a wrong path fails now, not in the loading thread
+    settings = settings_from(args)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
+    if args.host not in LOCAL_HOSTS and not settings.token:
+        logging.getLogger("mar.serve").warning(
+            "serving on %s without --token: anyone who can reach the port can use it",
+            args.host)
+    failed: list[Exception] = []
+    server: uvicorn.Server | None = None
+
+    def on_load_error(e: Exception) -> None:
+        failed.append(e)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(settings, on_load_error)
+    # in-flight requests finish on shutdown; none can outlast --timeout-s after its upload
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                            timeout_graceful_shutdown=int(settings.timeout_s) + 5)
+    server = uvicorn.Server(config)
+    server.run()
+    if failed:
+        print(f"mar serve: error: could not load {args.checkpoint}: {failed[0]}",
+              file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mar serve", description=DESCRIPTION)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return cmd_serve(args)
+    except (ConfigError, ValueError, RuntimeError, OSError) as e:
+        print(f"mar serve: error: {e}", file=sys.stderr)
+        return 2

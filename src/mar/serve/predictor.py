@@ -1,0 +1,187 @@
+"""The served model: loaded once, it turns an uploaded file into the config's test views
+and a batch of views into class probabilities, exactly as ``mar predict`` does.
+
+Decoding (:meth:`ServedModel.decode`) runs in a thread pool, one upload per thread; the
+model (:meth:`ServedModel.scores`) runs in the micro-batcher's single thread on views
+stacked from several uploads. MAR's evaluation mask is deterministic and keeps a fixed
+number of tokens, so views of any upload stack into one batch without padding.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from ..data import DecodeError, VideoRecord, make_backend, read_class_names
+from ..flops import model_cost
+from ..inference import describe_masking, eval_masking, load_run
+from ..masking import Mask
+from ..models import patchify, unpatchify
+from ..visualize import reconstruct
+
+# FFmpeg's text-art demuxers (tty, bin, xbin, idf) turn any text file into video frames
+TEXT_CODECS = frozenset({"ansi", "bintext", "xbin", "idf"})
+
+
+def refuse_text(path: str | Path, timeout: float) -> None:
+    """Raise :class:`DecodeError` for a file that FFmpeg would only read as text art;
+    anything else FFmpeg cannot open is left to the decoder's own probe and message."""
+    import av
+
+    try:
+        with av.open(str(path), timeout=timeout) as container:
+            streams = container.streams.video
+            if streams and streams[0].codec_context.name in TEXT_CODECS:
+                raise DecodeError(f"{path}: not a video (FFmpeg reads it as text, "
+                                  f"format {container.format.name!r})")
+    except av.FFmpegError:
+        pass
+
+
+class VideoTooLong(ValueError):
+    """An upload with more frames than the server accepts (``--max-frames``)."""
+
+
+@dataclass(frozen=True)
+class DecodedVideo:
+    """An upload's test views, ``(V, C, T, H, W)`` normalised, and what the probe saw."""
+
+    views: Tensor
+    frames: int
+    fps: float
+    width: int
+    height: int
+
+
+class ServedModel:
+    """A model loaded with :func:`mar.inference.load_run` plus what a response reports:
+    class names, the test-time masking line, GFLOPs per view and the views per video."""
+
+    def __init__(self, checkpoint: str | Path, config: str | Path | None = None,
+                 overrides: list[str] = (), class_names: str | Path | None = None,
+                 mask_ratio: float | None = None, device: str = "cpu",
+                 decode_timeout: float | None = None):
+        model, self.cfg = load_run(checkpoint, config, list(overrides))
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.checkpoint = str(checkpoint)
+        self.masking = eval_masking(self.cfg, mask_ratio)
+        names = class_names or self.cfg.data.class_names
+        self.names = read_class_names(names) if names else None
+        dc = self.cfg.data
+        if decode_timeout is not None and decode_timeout < dc.decode_timeout:
+            self.cfg = self.cfg.model_copy(update={"data": dc.model_copy(
+                update={"decode_timeout": decode_timeout})})
+        self.backend = make_backend(dc.backend, self.cfg.data.decode_timeout)
+        self.num_views = dc.test_clips * dc.test_crops
+        mask = self.mask(1)
+        spec = self.cfg.model.model_dump()
+        self.gflops = model_cost(spec.pop("name"), self.masking, **spec).gflops
+        self.masking_info = {"name": "none" if mask.num_masked == 0 else self.masking.name,
+                             "ratio": self.masking.ratio if mask.num_masked else 0.0,
+                             "visible_tokens": mask.num_visible, "tokens": mask.num_tokens,
+                             "line": describe_masking(self.masking, self.model.grid)}
+
+    @property
+    def view_shape(self) -> tuple[int, int, int, int]:
+        """(C, T, H, W) of one view."""
+        pe = self.model.encoder.patch_embed
+        t, h, w = self.model.grid
+        return (pe.proj.in_channels, t * pe.tubelet_size, h * pe.patch_size, w * pe.patch_size)
+
+    def mask(self, batch: int) -> Mask:
+        return self.masking(batch, self.model.grid, train=False)
+
+    def label(self, c: int) -> str | None:
+        return self.names[c] if self.names and c < len(self.names) else None
+
+    def decode(self, path: str | Path, max_frames: int) -> DecodedVideo:
+        """The test views of the file at ``path`` (``test_clips x test_crops``, clip-major)
+        made by ``mar predict``'s own loader (:meth:`mar.config.Config.views_dataset`:
+        one probe, the frames of all clips decoded in one pass, scaled by the decoder).
+
+        Raises :class:`DecodeError` for a file that is not a decodable video and
+        :class:`VideoTooLong` past ``max_frames`` (counted from the packets by a probe,
+        before anything is decoded)."""
+        refuse_text(path, self.cfg.data.decode_timeout)
+        info = self.backend.probe(path)
+        if info.num_frames == 0:
+            raise DecodeError(f"{path}: no video frames")
+        if info.num_frames > max_frames:
+            seconds = f" ({info.num_frames / info.fps:.0f} s)" if info.fps else ""
+            raise VideoTooLong(f"{path}: {info.num_frames} frames{seconds}, over the limit "
+                               f"of {max_frames} (--max-frames)")
+        dc = self.cfg.data
+        item = self.cfg.views_dataset([VideoRecord(str(path), 0)], dc.test_clips,
+                                      dc.test_crops)[0]
+        if not item["valid"]:
+            raise DecodeError(item["error"])
+        return DecodedVideo(item["video"], info.num_frames, info.fps, info.width,
+                            info.height)
+
+    @torch.no_grad()
+    def scores(self, video: Tensor) -> Tensor:
+        """(B, C, T, H, W) views -> (B, K) softmax probabilities (``mar predict``'s path)."""
+        video = video.to(self.device)
+        mask = self.mask(video.shape[0]).to(self.device)
+        model = self.model
+        return model.forward_head(model.forward_features(video, mask), mask).softmax(-1).cpu()
+
+    def warm_up(self, batch_sizes: tuple[int, ...]) -> None:
+        """Run the model once at each batch size, so the first request pays no set-up."""
+        for b in sorted(set(batch_sizes)):
+            self.scores(torch.zeros(b, *self.view_shape))
+
+    @torch.no_grad()
+    def pictures(self, view: Tensor) -> dict[str, str | None]:
+        """PNG data URLs of one (C, T, H, W) view: its frames, the same frames with the
+        masked tokens grey, and the decoder's reconstruction (None without a decoder)."""
+        mask = self.mask(1).to(self.device)
+        view = view.to(self.device)
+        if self.model.decoder is not None:
+            original, masked, rebuilt = reconstruct(self.model, view[None], mask)
+        else:
+            original, masked = masked_frames(self.model, view[None], mask)
+            rebuilt = None
+        return {"original": png_strip(original), "masked": png_strip(masked),
+                "reconstruction": png_strip(rebuilt) if rebuilt is not None else None}
+
+
+def masked_frames(model, video: Tensor, mask: Mask) -> tuple[Tensor, Tensor]:
+    """(1, C, T, H, W) normalised clip -> its frames and the frames with masked tokens
+    grey, as (T, H, W, C) uint8 (what :func:`mar.visualize.reconstruct` draws, for a
+    model without a decoder)."""
+    pe = model.encoder.patch_embed
+    p, t = pe.patch_size, pe.tubelet_size
+    mean = video.new_tensor(model.pixel_mean).view(1, -1, 1, 1, 1)
+    std = video.new_tensor(model.pixel_std).view(1, -1, 1, 1, 1)
+    patches = patchify((video * std + mean).clamp(0, 1), p, t)       # (1, N, t*p*p*C)
+    hidden = patches.clone()
+    hidden[0, mask.ids_mask[0]] = 0.5
+
+    def frames(x: Tensor) -> Tensor:
+        clip = unpatchify(x, model.grid, p, t)[0].clamp(0, 1)         # (C, T, H, W)
+        return (clip.permute(1, 2, 3, 0) * 255).round().to(torch.uint8)
+
+    return frames(patches), frames(hidden)
+
+
+def png_strip(frames: Tensor, max_frames: int = 8, min_height: int = 96) -> str:
+    """(T, H, W, C) uint8 -> a PNG data URL of up to ``max_frames`` evenly spaced frames
+    side by side, scaled up (nearest) to at least ``min_height`` pixels."""
+    step = max(1, math.ceil(frames.shape[0] / max_frames))
+    strip = torch.cat(list(frames[::step].cpu()), dim=1).numpy()           # (H, W * n, C)
+    image = Image.fromarray(strip)
+    scale = max(1, math.ceil(min_height / image.height))
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -1,0 +1,301 @@
+"""Test-time token reduction: random drop, ToMe, RLT and RLT + MAR (mar.models.token_reduction)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mar.flops import formula_flops, measure_flops, reduction_cost, reduction_flops
+from mar.masking import Mask, make_masking
+from mar.models import create_model, patchify
+from mar.models.token_reduction import (
+    TokenReduction,
+    bipartite_merge,
+    calibrate_rlt_threshold,
+    pad_kept,
+    rlt_keep,
+    tubelet_change,
+)
+
+FRAMES, SIZE, PATCH = 8, 32, 8          # grid (4, 4, 4): 64 tokens
+GRID = (4, 4, 4)
+N = 64
+HEADS = ("bridging", "linear", "mlp")
+
+
+def model(head: str = "bridging", seed: int = 0):
+    torch.manual_seed(seed)
+    return create_model("vit_nano", num_classes=7, num_frames=FRAMES, img_size=SIZE,
+                        patch_size=PATCH, head=head).eval()
+
+
+def moving_square_clip(seed: int = 0, speed: int = 3, side: int = 6, top: int = 9,
+                       start: int = 1) -> tuple[torch.Tensor, np.ndarray]:
+    """A static noise background and a bright square moving right ``speed`` px a frame.
+
+    Returns the clip (1, 3, T, H, W) and the square's coverage (T, H, W) bool."""
+    rng = np.random.default_rng(seed)
+    background = rng.uniform(0, 1, (3, SIZE, SIZE)).astype(np.float32)
+    clip = np.repeat(background[:, None], FRAMES, axis=1)
+    cover = np.zeros((FRAMES, SIZE, SIZE), dtype=bool)
+    for f in range(FRAMES):
+        x0 = start + speed * f
+        cover[f, top:top + side, x0:x0 + side] = True
+    clip[:, cover] = 5.0
+    return torch.from_numpy(clip)[None], cover
+
+
+def expected_kept(cover: np.ndarray, tubelet: int = 2) -> np.ndarray:
+    """Geometry only: a tubelet survives iff the square's footprint inside its patch
+    differs, in some frame, from that of the previous tubelet; the first tubelet always."""
+    t_, h_, w_ = FRAMES // tubelet, SIZE // PATCH, SIZE // PATCH
+    keep = np.ones((t_, h_, w_), dtype=bool)
+    for t in range(1, t_):
+        for h in range(h_):
+            for w in range(w_):
+                cells = (slice(h * PATCH, (h + 1) * PATCH), slice(w * PATCH, (w + 1) * PATCH))
+                keep[t, h, w] = any(
+                    not np.array_equal(cover[(t * tubelet + j, *cells)],
+                                       cover[((t - 1) * tubelet + j, *cells)])
+                    for j in range(tubelet))
+    return keep.reshape(-1)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_zero_reduction_equals_full_model_exactly(head):
+    m = model(head)
+    video = torch.randn(3, 3, FRAMES, SIZE, SIZE)
+    with torch.no_grad():
+        full = m(video)
+        for method in ("none", "random", "tome", "rlt", "rlt+mar"):
+            out = TokenReduction(m, method, ratio=0.0, tome_r=0, rlt_threshold=0.0)(video)
+            assert torch.equal(out, full), method
+
+
+def test_counts_and_shapes():
+    m = model()
+    video = torch.randn(2, 3, FRAMES, SIZE, SIZE)
+    with torch.no_grad():
+        drop = TokenReduction(m, "random", ratio=0.75, seed=1)
+        tokens = drop.forward_features(video)
+        assert tokens.x.shape == (2, N // 4, 64) and drop.counts == [16, 16]
+        assert drop.forward_head(tokens).shape == (2, 7)
+        tome = TokenReduction(m, "tome", tome_r=[10, 10, 5, 0])
+        tokens = tome.forward_features(video)
+        assert tokens.x.shape == (2, N - 25, 64) and tokens.weights.shape == (2, N - 25)
+        capped = TokenReduction(m, "tome", tome_r=40).forward_features(video)  # r <= n // 2
+        assert capped.x.shape[1] == 64 - 32 - 16 - 8 - 4
+        rlt = TokenReduction(m, "rlt", rlt_threshold=0.5)
+        tokens = rlt.forward_features(video)
+        kept = rlt_keep(video, PATCH, 2, 0.5).sum(1)
+        assert rlt.counts == kept.tolist()
+        assert tokens.x.shape[1] == int(kept.max())
+        assert rlt.mean_kept_tokens() == pytest.approx(kept.float().mean().item())
+
+
+def test_random_drop_is_seeded_and_differs_per_clip():
+    m = model()
+    video = torch.randn(4, 3, FRAMES, SIZE, SIZE)
+    with torch.no_grad():
+        a = TokenReduction(m, "random", ratio=0.5, seed=3)(video)
+        b = TokenReduction(m, "random", ratio=0.5, seed=3)(video)
+        c = TokenReduction(m, "random", ratio=0.5, seed=4)(video)
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+def test_merge_conserves_size_weighted_mass():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 21, 5, dtype=torch.float64, generator=g)
+    sizes = torch.randint(1, 4, (3, 21), generator=g).to(torch.float64)
+    metric = torch.randn(3, 21, 4, dtype=torch.float64, generator=g)
+    for r in (1, 4, 10):
+        merged, new_sizes = bipartite_merge(x, sizes, metric, r)
+        assert merged.shape == (3, 21 - r, 5) and new_sizes.shape == (3, 21 - r)
+        torch.testing.assert_close((merged * new_sizes[..., None]).sum(1),
+                                   (x * sizes[..., None]).sum(1), rtol=1e-12, atol=1e-12)
+        assert torch.equal(new_sizes.sum(1), sizes.sum(1))
+
+
+def test_merge_joins_the_most_similar_pair():
+    x = torch.arange(6, dtype=torch.float64).view(1, 6, 1)     # A = 0, 2, 4; B = 1, 3, 5
+    metric = torch.eye(6, dtype=torch.float64)[None]
+    metric[0, 2] = metric[0, 5]                                 # A token 2 == B token 5
+    merged, sizes = bipartite_merge(x, torch.ones(1, 6, dtype=torch.float64), metric, 1)
+    assert merged.flatten().tolist() == [0.0, 4.0, 1.0, 3.0, 3.5]   # (2 + 5) / 2
+    assert sizes.flatten().tolist() == [1.0, 1.0, 1.0, 1.0, 2.0]
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_tome_sizes_sum_to_the_token_count(head):
+    m = model(head)
+    video = torch.randn(2, 3, FRAMES, SIZE, SIZE)
+    with torch.no_grad():
+        tokens = TokenReduction(m, "tome", tome_r=6).forward_features(video)
+    assert tokens.x.shape[1] == N - 24
+    assert tokens.weights.sum(1).tolist() == [float(N)] * 2
+    assert bool((tokens.weights >= 1).all()) and bool((tokens.weights > 1).any())
+
+
+def test_rlt_drops_only_static_tubelets():
+    clip, cover = moving_square_clip()
+    expected = expected_kept(cover)
+    assert 16 < expected.sum() < N                  # some moving tubelets, some static
+    keep = rlt_keep(clip, PATCH, 2, threshold=1e-3)[0].numpy()
+    np.testing.assert_array_equal(keep, expected)
+    change = tubelet_change(clip, PATCH, 2)[0]
+    assert bool((change[~torch.from_numpy(expected)] == 0).all())
+
+
+def test_tubelet_change_is_the_mean_l1_against_the_previous_tubelet():
+    video = torch.randn(2, 3, FRAMES, SIZE, SIZE)
+    tubelets = patchify(video, PATCH, 2).view(2, 4, 16, -1)          # (B, T', H'W', P)
+    expected = (tubelets[:, 1:] - tubelets[:, :-1]).abs().mean(-1).flatten(1)
+    change = tubelet_change(video, PATCH, 2)
+    assert bool(torch.isinf(change[:, :16]).all())
+    torch.testing.assert_close(change[:, 16:], expected)
+
+
+def test_rlt_on_a_static_clip_keeps_the_first_tubelet():
+    clip = torch.rand(1, 3, 1, SIZE, SIZE).expand(1, 3, FRAMES, SIZE, SIZE)
+    keep = rlt_keep(clip, PATCH, 2, threshold=1e-6)[0]
+    assert keep.tolist() == [True] * 16 + [False] * 48
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_padding_does_not_change_a_clips_logits(head):
+    m = model(head)
+    moving, _ = moving_square_clip(seed=1)
+    static = torch.rand(1, 3, 1, SIZE, SIZE).expand(1, 3, FRAMES, SIZE, SIZE)
+    noise = torch.randn(1, 3, FRAMES, SIZE, SIZE)
+    batch = torch.cat((moving, static, noise))
+    reducer = TokenReduction(m, "rlt", rlt_threshold=1e-3)
+    with torch.no_grad():
+        together = reducer(batch)
+        assert len(set(reducer.counts)) == 3         # three different lengths: padding
+        for i in range(3):
+            alone = TokenReduction(m, "rlt", rlt_threshold=1e-3)(batch[i:i + 1])
+            torch.testing.assert_close(together[i:i + 1], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_pad_kept_indices_and_validity():
+    keep = torch.tensor([[True, False, True, True], [False, True, False, False]])
+    ids, valid = pad_kept(keep)
+    assert ids[0].tolist() == [0, 2, 3] and ids[1, :1].tolist() == [1]
+    assert valid.tolist() == [[True, True, True], [True, False, False]]
+
+
+def test_rlt_plus_mar_is_the_intersection():
+    m = model()
+    clip, _ = moving_square_clip()
+    video = torch.cat((clip, torch.randn(1, 3, FRAMES, SIZE, SIZE)))
+    cell = make_masking("cell_running", 0.5)(2, GRID, train=False)
+    with torch.no_grad():  # threshold 0: RLT keeps everything, so this is MAR's test mask
+        assert torch.equal(TokenReduction(m, "rlt+mar", ratio=0.5)(video), m(video, cell))
+    reducer = TokenReduction(m, "rlt+mar", ratio=0.5, rlt_threshold=1e-3)
+    expected = rlt_keep(video, PATCH, 2, 1e-3) & ~cell.bool()
+    assert torch.equal(reducer.keep(video), expected)
+    with torch.no_grad():
+        reducer(video)
+    assert reducer.counts == expected.sum(1).tolist()
+    assert reducer.counts[0] < N // 2 and reducer.counts[1] == N // 2
+
+
+def test_calibrated_threshold_meets_the_budget():
+    changes = tubelet_change(torch.randn(6, 3, FRAMES, SIZE, SIZE).cumsum(2), PATCH, 2)
+    for fraction in (0.3, 0.5, 0.8):
+        t = calibrate_rlt_threshold(changes, fraction)
+        assert (changes >= t).float().mean().item() == pytest.approx(fraction, abs=0.01)
+    assert calibrate_rlt_threshold(changes, 1.0) == 0.0
+    visible = ~make_masking("cell_running", 0.5)(6, GRID, train=False).bool()
+    t = calibrate_rlt_threshold(changes, 0.25, visible)
+    assert ((changes >= t) & visible).float().mean().item() == pytest.approx(0.25, abs=0.01)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_flops_of_a_reduction(head):
+    with torch.device("meta"):
+        m = create_model("vit_nano", num_classes=7, num_frames=FRAMES, img_size=SIZE,
+                         patch_size=PATCH, head=head)
+    full = formula_flops(m, N)
+    previous = full
+    for r in (2, 6, [16, 8, 4, 2]):
+        reducer = TokenReduction(m, "tome", tome_r=r)
+        measured = measure_flops(reducer, Mask.full(1, GRID))
+        assert measured == reduction_flops(reducer) == formula_flops(m, N, r)
+        assert measured < previous
+        previous = measured
+    drop = TokenReduction(m, "random", ratio=0.5)
+    assert measure_flops(drop, Mask.full(1, GRID)) == reduction_flops(drop) == \
+        formula_flops(m, N // 2)
+    rlt = TokenReduction(m, "rlt", rlt_threshold=1.0)
+    rlt.counts = [16, 40, 40]
+    assert reduction_flops(rlt) == pytest.approx(
+        (formula_flops(m, 16) + 2 * formula_flops(m, 40)) / 3)
+
+
+def test_bad_settings_are_named():
+    m = model()
+    with pytest.raises(ValueError, match="unknown token reduction 'merge'"):
+        TokenReduction(m, "merge")
+    with pytest.raises(ValueError, match="tome: r must be >= 0"):
+        TokenReduction(m, "tome", tome_r=[1, 2])
+    with pytest.raises(ValueError, match="makes its own masks"):
+        TokenReduction(m, "tome", tome_r=1).forward_features(
+            torch.zeros(1, 3, FRAMES, SIZE, SIZE), make_masking("random", 0.5)(1, GRID))
+    with pytest.raises(ValueError, match="can merge 0..3 of 6"):
+        bipartite_merge(torch.zeros(1, 6, 2), torch.ones(1, 6), torch.ones(1, 6, 2), 4)
+    with pytest.raises(ValueError, match="RLT threshold|rlt: threshold"):
+        TokenReduction(m, "rlt", rlt_threshold=-1)
+    pos = create_model("vit_nano", num_classes=7, num_frames=FRAMES, img_size=SIZE,
+                       patch_size=PATCH, head_pos_embed=True)
+    with pytest.raises(ValueError, match="no position embedding"):
+        TokenReduction(pos, "tome")
+    with pytest.raises(ValueError, match="run clips first"):
+        reduction_flops(TokenReduction(m, "rlt", rlt_threshold=1.0))
+
+
+def test_reduction_cost_of_a_named_model():
+    kw = {"num_classes": 7, "num_frames": FRAMES, "img_size": SIZE, "patch_size": PATCH}
+    tome = reduction_cost("vit_nano", "tome", tome_r=8, **kw)
+    assert tome.gflops == tome.formula_gflops and tome.num_visible == N - 32
+    full = reduction_cost("vit_nano", "none", **kw)
+    assert full.num_visible == N and tome.gflops < full.gflops
+    with pytest.raises(ValueError, match="varies per clip"):
+        reduction_cost("vit_nano", "rlt", **kw)
+
+
+def test_cli_reduce_in_flops_predict_and_eval(tmp_path, capsys):
+    """`--reduce` selects a reduction in `mar flops` (counted), `predict` and `eval`."""
+    import json
+
+    from videos import moving_square_dataset
+
+    from mar.cli import main
+    from mar.config import load_config
+    from mar.models.io import save_model
+
+    tiny = ["model.name=vit_nano", "model.num_classes=4", "model.num_frames=8",
+            "model.img_size=32", "model.patch_size=8", "data.num_frames=8",
+            "data.crop_size=32"]
+    assert main(["flops", *tiny, "masking.name=none", "masking.ratio=0", "--json"]) == 0
+    full = json.loads(capsys.readouterr().out)["gflops"]
+    assert main(["flops", *tiny, "--reduce", "tome", "--tome-r", "4", "--json"]) == 0
+    tome = json.loads(capsys.readouterr().out)
+    assert tome["reduction"] == "tome" and 0 < tome["gflops"] < full
+
+    cfg = load_config(None, tiny)
+    model_dir = save_model(cfg.model.build(), cfg.model.model_dump(mode="json"),
+                           tmp_path / "model", masking={"name": "none", "ratio": 0.0})
+    videos = moving_square_dataset(tmp_path / "v", per_class=1, seed=0)
+    first = tmp_path / "v" / videos.read_text().split()[0]
+    assert main(["predict", str(first), "--checkpoint", str(model_dir), "--reduce", "rlt",
+                 "--json"]) == 0
+    out = capsys.readouterr()
+    assert "RLT" in out.err and json.loads(out.out)[0]["error"] is None
+    assert main(["eval", "--checkpoint", str(model_dir), *tiny, f"data.root={videos.parent}",
+                 f"data.test_list={videos}", "data.test_clips=1", "data.test_crops=1",
+                 "--reduce", "random", "--reduce-ratio", "0.5", "--out",
+                 str(tmp_path / "eval")]) == 0
+    summary = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert summary["videos"] == 4 and summary["mean_tokens"] == 64 / 2
