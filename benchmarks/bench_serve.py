@@ -132,8 +132,9 @@ def run_load(url: str, video: bytes, filename: str = "clip.mp4", clients: int = 
              requests: int = 200, time_limit: float = 120.0,
              headers: dict | None = None, busy_pause: float = 0.02) -> LoadResult:
     """``clients`` threads post ``video`` to ``url``/v1/predict until ``requests`` have
-    been sent or ``time_limit`` seconds have passed; a client that gets 429 pauses
-    ``busy_pause`` seconds before its next request."""
+    been answered or ``time_limit`` seconds have passed. A 429 is not an answer: the
+    client pauses ``busy_pause`` seconds and sends the same request again, as a client
+    that honours Retry-After does; every 429 is still counted in ``codes``."""
     result = LoadResult()
     counter = itertools.count()
     lock = threading.Lock()
@@ -141,21 +142,25 @@ def run_load(url: str, video: bytes, filename: str = "clip.mp4", clients: int = 
 
     def client() -> None:
         with httpx.Client(timeout=120, headers=headers or {}) as http:
-            while next(counter) < requests and time.monotonic() < deadline:
-                start = time.perf_counter()
-                try:
-                    r = http.post(f"{url}/v1/predict", files={"video": (filename, video)})
-                except httpx.HTTPError as e:
+            while next(counter) < requests:
+                while time.monotonic() < deadline:
+                    start = time.perf_counter()
+                    try:
+                        r = http.post(f"{url}/v1/predict", files={"video": (filename, video)})
+                    except httpx.HTTPError as e:
+                        with lock:
+                            result.errors.append(f"{type(e).__name__}: {e}")
+                        break
+                    elapsed = time.perf_counter() - start
                     with lock:
-                        result.errors.append(f"{type(e).__name__}: {e}")
-                    continue
-                elapsed = time.perf_counter() - start
-                with lock:
-                    result.codes[r.status_code] += 1
-                    if r.status_code == 200:
-                        result.latencies.append(elapsed)
-                if r.status_code == 429:
+                        result.codes[r.status_code] += 1
+                        if r.status_code == 200:
+                            result.latencies.append(elapsed)
+                    if r.status_code != 429:
+                        break
                     time.sleep(busy_pause)
+                else:
+                    return
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     start = time.perf_counter()

@@ -283,24 +283,25 @@ def test_a_checkpoint_that_does_not_load_fails_the_command(tmp_path):
 
 
 def test_load_with_and_without_batching(model_dir, tmp_path):
-    """8 clients, 200 requests each way, more clients than --queue-size: every answer is
-    200 or the designed 429, resident memory stays level. Throughput is printed, not
-    asserted (benchmarks/bench_serve.py measures it properly)."""
+    """8 clients, 100 requests each way, more clients than --queue-size: every request is
+    answered with 200 in the end (a 429 is retried, as Retry-After asks), nothing but the
+    designed 429 comes back meanwhile, and resident memory stays level. Throughput is
+    printed, not asserted (benchmarks/bench_serve.py measures it properly)."""
     video = write_video(tmp_path / "clip.mp4", num_frames=30, size=(96, 64)).read_bytes()
     figures = {}
     for name, extra in (("no batching", ["--max-batch-size", "1", "--max-wait-ms", "0"]),
                         ("batching", ["--max-batch-size", "16", "--max-wait-ms", "10"])):
         with ServerProcess(model_dir, "--queue-size", "6", "--set", "data.test_clips=1",
                            "--set", "data.test_crops=1", *extra) as s:
-            run_load(s.url, video, clients=8, requests=40, time_limit=120)  # warm-up
+            run_load(s.url, video, clients=8, requests=16, time_limit=120)  # warm-up
             rss_before = s.metric("process_resident_memory_bytes")
-            result = run_load(s.url, video, clients=8, requests=200, time_limit=240)
+            result = run_load(s.url, video, clients=8, requests=100, time_limit=600)
             rss_after = s.metric("process_resident_memory_bytes")
             assert not result.errors, result.errors[:3]
             assert set(result.codes) <= {200, 429}, result.codes
-            assert result.codes[200] >= 50, result.codes
+            assert result.codes[200] == 100, result.codes
             growth = (rss_after - rss_before) / 2**20
-            assert growth < 64, f"resident memory grew {growth:.0f} MiB over 200 requests"
+            assert growth < 64, f"resident memory grew {growth:.0f} MiB over 100 requests"
             figures[name] = (result, rss_before / 2**20, rss_after / 2**20)
             assert httpx.get(f"{s.url}/readyz").status_code == 200
     print("\n| server | requests/s | p50 ms | p95 ms | 200 | 429 | RSS MiB before/after |")
