@@ -129,3 +129,78 @@ def test_torchcodec_and_pyav_agree_on_mp4():
 
 def test_auto_prefers_pyav():
     assert make_backend("auto").name == "pyav"
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    """A plain text file named .txt: FFmpeg's tty demuxer would render it as video."""
+    return corrupt(REAL / "bigbuckbunny.mp4", tmp_path / "notes.txt", "not_video")
+
+
+def test_a_text_file_is_refused_by_the_decoder_with_a_clear_message(text_file, tmp_path):
+    import av
+
+    from mar.data.decode import refuse_text_file
+    from mar.timeline import stream_windows
+
+    with av.open(str(text_file)) as container:   # what FFmpeg alone would do with it
+        assert container.format.name == "tty" and len(container.streams.video) == 1
+    expected = f"{text_file}: not a video (FFmpeg reads it as text, format 'tty')"
+    dec = make_backend("pyav")
+    for call in (lambda: dec.probe(text_file), lambda: dec.read(text_file, [0, 1]),
+                 lambda: refuse_text_file(text_file),
+                 lambda: next(stream_windows(text_file, 1.0, 1.0, 8, 64))):
+        with pytest.raises(DecodeError) as e:
+            call()
+        assert str(e.value) == expected
+    # a video, or text under a video's name (FFmpeg's own refusal), passes this check
+    refuse_text_file(REAL / "bigbuckbunny.mp4")
+    renamed = corrupt(REAL / "bigbuckbunny.mp4", tmp_path / "notes.mp4", "not_video")
+    refuse_text_file(renamed)
+    with pytest.raises(DecodeError, match="notes.mp4: cannot open as video"):
+        dec.probe(renamed)
+
+
+def test_a_text_file_in_an_epoch_is_skipped(text_file, tmp_path):
+    import warnings
+
+    from mar.data import ClipSampling, EvalTransform, TrainTransform, VideoDataset, VideoRecord
+
+    good = write_video(tmp_path / "good.mp4", num_frames=24)
+    records = [VideoRecord(str(text_file), 0), VideoRecord(str(good), 1)]
+    train = VideoDataset(records, train=True, sampling=ClipSampling("dense", 4, 2),
+                         train_transform=TrainTransform(crop_size=32, rand_augment=None))
+    test = VideoDataset(records, train=False, sampling=ClipSampling("segment", 4),
+                        eval_transform=EvalTransform(crop_size=32))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        item = train[0]                          # drawn again from the list instead
+        assert set(item["skipped"]) == {str(text_file)} and item["index"] == 1
+        assert item["video"].shape[1] == 4
+        assert test[0]["valid"] is False and test[1]["valid"] is True
+    assert any("not a video" in str(w.message) for w in caught)
+
+
+def test_mar_predict_on_a_text_file_exits_non_zero_with_one_line_error(text_file, tmp_path,
+                                                                       capsys):
+    import json
+
+    import torch
+
+    from mar import create_model
+    from mar.cli import main
+    from mar.models.io import save_model
+
+    kwargs = {"name": "vit_nano", "num_classes": 3, "num_frames": 8, "img_size": 32,
+              "patch_size": 16}
+    torch.manual_seed(0)
+    model = save_model(create_model(**kwargs), kwargs, tmp_path / "model",
+                       masking={"name": "none", "ratio": 0.0})
+    expected = f"{text_file}: not a video (FFmpeg reads it as text, format 'tty')"
+    # in-process: main's return value is the exit status (`sys.exit(main())`)
+    assert main(["predict", str(text_file), "--checkpoint", str(model), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)[0]["error"] == expected
+    # the timeline form prints the error as one line on stderr
+    assert main(["predict", str(text_file), "--checkpoint", str(model), "--window", "1"]) == 1
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert errors[-1] == f"mar predict: {expected}"

@@ -26,7 +26,8 @@ from mar.flops import model_cost
 from mar.inference import load_run
 from mar.models.io import save_model
 from mar.serve.batcher import BatcherClosed, MicroBatcher
-from mar.serve.predictor import ServedModel, VideoTooLong
+from mar.serve.predictor import ServedModel, TimelineTimeout, VideoTooLong
+from mar.timeline import smooth_probs, window_starts
 
 spec = importlib.util.spec_from_file_location(
     "bench_serve", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_serve.py")
@@ -126,6 +127,81 @@ def test_served_scores_equal_mar_predict(server, model_dir):
         assert [t["name"] for t in body["top"]] == [t["name"] for t in ref["top"]]
         for got, want in zip(body["top"], ref["top"], strict=True):
             assert got["prob"] == pytest.approx(want["prob"], abs=2e-5)
+
+
+def timeline_probs(timeline: dict) -> torch.Tensor:
+    """(windows, classes) probabilities of a timeline JSON holding every class."""
+    return torch.tensor([[row["prob"] for row in sorted(w["top"], key=lambda r: r["class"])]
+                         for w in timeline["windows"]])
+
+
+def test_timeline_windows_equal_mar_predict_window(server, model_dir, tmp_path):
+    """window 2 s, stride 1 s over bigbuckbunny.mp4 (132 frames at 25 fps): the windows
+    start every second from 0, the last one ends at the end of the video, and every
+    window's probabilities are those `mar predict --window 2 --stride 1 --out` writes."""
+    from mar.cli import main
+
+    video = REAL / "bigbuckbunny.mp4"
+    r = post(server, video, window="2", stride="1", topk="6")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    tl = body["timeline"]
+    assert (tl["video"], tl["window"], tl["stride"], tl["smooth"]) == (video.name, 2, 1, 1)
+    duration = body["video"]["frames"] / body["video"]["fps"]          # 5.28 s
+    starts = [w["start"] for w in tl["windows"]]
+    assert starts == window_starts(duration, 2, 1) == [0, 1, 2, 3, 4]
+    assert [w["end"] for w in tl["windows"]][:-1] == [2, 3, 4, 5]
+    assert tl["windows"][-1]["end"] == pytest.approx(duration)      # covers the video
+    assert "timeline" in body["timing_ms"] and body["top"]          # and the usual answer
+    assert main(["predict", str(video), "--checkpoint", str(model_dir), "--class-names",
+                 str(model_dir / "classes.txt"), "--window", "2", "--stride", "1",
+                 "--topk", "6", "--out", str(tmp_path)]) == 0
+    ref = json.loads((tmp_path / "bigbuckbunny.timeline.json").read_text())
+    assert set(ref) == set(tl)                                      # the same JSON shape
+    assert [(w["start"], w["end"]) for w in ref["windows"]] == [
+        (w["start"], w["end"]) for w in tl["windows"]]
+    for got, want in zip(tl["windows"], ref["windows"], strict=True):
+        assert [t["name"] for t in got["top"]] == [t["name"] for t in want["top"]]
+    got, want = timeline_probs(tl), timeline_probs(ref)
+    assert got.shape == (5, 6)
+    assert torch.allclose(got, want, atol=2e-5), (got - want).abs().max()
+    # smooth=3 is the centred moving average of those windows (mar predict --smooth 3)
+    smoothed = post(server, video, window="2", stride="1", topk="6", smooth="3").json()
+    assert smoothed["timeline"]["smooth"] == 3
+    assert torch.allclose(timeline_probs(smoothed["timeline"]), smooth_probs(got, 3),
+                          atol=2e-5)
+
+
+def test_timeline_bad_values_get_422_and_no_timeline_field_without_window(server):
+    video = REAL / "bigbuckbunny.mp4"        # 5.3 s at 25 fps; this server: 200 frames
+    cases = {"negative window": ({"window": "-1"}, "window: must be a positive"),
+             "zero window": ({"window": "0"}, "window: must be a positive"),
+             "not a number": ({"window": "two"}, "window: Input should be a valid number"),
+             "nan": ({"window": "nan"}, "window: must be a positive"),
+             "zero stride": ({"window": "2", "stride": "0"}, "stride: must be a positive"),
+             "negative stride": ({"window": "2", "stride": "-0.5"},
+                                 "stride: must be a positive"),
+             "stride without window": ({"stride": "1"}, "stride: needs window"),
+             "smooth without window": ({"smooth": "3"}, "smooth: needs window"),
+             "even smooth": ({"window": "2", "smooth": "2"}, "smooth: must be an odd"),
+             "smooth not a number": ({"window": "2", "smooth": "x"},
+                                     "smooth: Input should be a valid integer"),
+             "window over the duration limit": ({"window": "9"}, "window: 9 s is longer "
+                                                "than the longest video this server takes "
+                                                "(200 frames, --max-frames: 8 s"),
+             "too many windows": ({"window": "2", "stride": "0.001"},
+                                  "stride: 4281 windows of 2 s every 0.001 s, over the "
+                                  "limit of 1000 (--max-windows)")}
+    for what, (form, detail) in cases.items():
+        r = post(server, video, **form)
+        assert (r.status_code, r.json().get("error")) == (422, "invalid_request"), (
+            what, r.text[:300])
+        assert r.json()["detail"].startswith(detail), (what, r.json()["detail"])
+        assert "\n" not in r.json()["detail"]
+    r = post(server, REAL / "Megamind.avi", window="1")            # 270 frames: still 413
+    assert (r.status_code, r.json()["error"]) == (413, "video_too_long")
+    body = post(server, video).json()
+    assert "timeline" not in body and "timeline" not in body["timing_ms"]
 
 
 @pytest.fixture(scope="module")
@@ -381,6 +457,44 @@ def test_decoded_views_are_the_views_mar_predict_scores(model_dir):
         served.decode(REAL / "tree.avi", max_frames=67)
     with pytest.raises(DecodeError):
         served.decode(REAL / "README.md", max_frames=1000)
+
+
+class SpyLock:
+    """A lock that counts its acquisitions and tells when someone waits for it."""
+
+    def __init__(self):
+        self.inner, self.waiting, self.taken = threading.Lock(), threading.Event(), 0
+
+    def __enter__(self):
+        self.waiting.set()
+        self.inner.acquire()
+        self.taken += 1
+
+    def __exit__(self, *exc):
+        self.inner.release()
+
+
+def test_a_timeline_takes_the_model_lock_per_call_and_stops_at_its_time_budget(
+        model_dir, tmp_path):
+    """The timeline runs outside the batcher: each of its model calls (features, head)
+    waits for the lock the batcher's calls take; past its budget it stops."""
+    served = ServedModel(model_dir)
+    served.lock = spy = SpyLock()
+    video = write_video(tmp_path / "clip.mp4", num_frames=50, fps=12)   # 4.2 s
+    done = {}
+    spy.inner.acquire()                         # as if the batcher were running the model
+    worker = threading.Thread(target=lambda: done.update(
+        tl=served.timeline(video, 2.0, 1.0, batch_size=2)))
+    worker.start()
+    assert spy.waiting.wait(60)
+    time.sleep(0.2)
+    assert worker.is_alive() and spy.taken == 0  # waiting for the model, not computing
+    spy.inner.release()
+    worker.join(60)
+    assert done["tl"].starts == [0, 1, 2, 3] and done["tl"].probs.shape == (4, 6)
+    assert spy.taken == 4                       # 2 batches x (features, head)
+    with pytest.raises(TimelineTimeout, match="took over"):
+        served.timeline(video, 2.0, 1.0, seconds=1e-4)
 
 
 def test_pictures_without_a_decoder(tmp_path):

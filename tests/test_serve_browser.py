@@ -1,6 +1,7 @@
 """The web page of ``mar serve`` in a real browser: Debian's chromium driven by Playwright
 uploads a real video and waits for the top-5, the masked-token picture and the
-reconstruction. A missing browser fails the test with how to install it."""
+reconstruction; then asks for a timeline (window/stride) and reads its table. A missing
+browser fails the test with how to install it."""
 
 from __future__ import annotations
 
@@ -73,7 +74,19 @@ def test_the_page_uploads_a_video_and_shows_the_prediction(tmp_path):
             assert page.is_visible("#recon-figure") and not page.is_visible("#no-recon")
             assert "cell_running 50%" in page.inner_text("#info")
             assert page.inner_text("#status") == "done: bigbuckbunny.mp4"
+            assert not page.is_visible("#timeline")      # none asked for
             page.screenshot(path=str(screenshot), full_page=True)
+            # a timeline: 2 s windows every second of the 5.3 s video
+            page.fill("#window", "2")
+            page.fill("#stride", "1")
+            page.click("#go")
+            page.wait_for_selector("#timeline:not([hidden])", timeout=120_000)
+            windows = page.locator("#windows tr")
+            assert windows.count() == 5
+            assert windows.nth(0).inner_text().startswith("0.0\t2.0\t")
+            assert any(n in windows.nth(4).inner_text() for n in names)
+            assert "5 windows of 2 s every 1 s" in page.inner_text("#timeline-info")
+            page.screenshot(path=str(tmp_path / "serve_timeline.png"), full_page=True)
         finally:
             browser.close()
     assert screenshot.stat().st_size > 10_000

@@ -288,6 +288,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                         for c, p in zip(r.classes, r.probs, strict=True))
             table.add_row(r.path, text)
         Console().print(table)
+        for r in results:  # one line each on stderr, whatever the table's wrapping did
+            if r.error is not None:
+                print(f"mar predict: {r.error}", file=sys.stderr)
     return 0 if all(r.error is None for r in results) else 1
 
 

@@ -188,8 +188,12 @@ def smooth_probs(probs: Tensor, windows: int) -> Tensor:
 
 @torch.no_grad()
 def predict_timeline(model, cfg, path: str | Path, masking, window: float, stride: float,
-                     *, batch_size: int = 8, smooth: int = 1, dtype=None) -> Timeline:
-    """Class probabilities of every window of ``path`` (see the module docstring)."""
+                     *, batch_size: int = 8, smooth: int = 1, dtype=None,
+                     timeout: float | None = None) -> Timeline:
+    """Class probabilities of every window of ``path`` (see the module docstring).
+
+    ``timeout``: seconds the decoding stream may run in all before it stops with a
+    :class:`~mar.data.decode.DecodeError` (default: ``data.decode_timeout * 20``)."""
     from .data.transforms import EvalTransform
 
     dc = cfg.data
@@ -204,7 +208,7 @@ def predict_timeline(model, cfg, path: str | Path, masking, window: float, strid
     def decode() -> None:  # the producer thread: PyAV and torch both release the GIL
         try:
             for start, end, frames in stream_windows(path, window, stride, dc.num_frames,
-                                                     short, dc.decode_timeout * 20):
+                                                     short, timeout or dc.decode_timeout * 20):
                 clips.put((start, end, transform(frames)))
         except BaseException as e:  # handed to the consumer, raised there
             failure.append(e)

@@ -34,10 +34,44 @@ class VideoInfo:
     height: int
     keyframes: tuple[int, ...] = (0,)  # presentation indices of keyframes, ascending
     keyframe_stamps: tuple[int, ...] = ()  # their timestamps (stream time base)
+    end_time: float = 0.0  # seconds: the last frame's timestamp plus one frame (0: unknown)
 
 
-def _check_file(path: str | Path) -> None:
-    """Refuse what would block or cannot be a video: missing, FIFOs, devices, empty files."""
+# FFmpeg's text-art demuxers (tty for .txt/.nfo/.asc/..., bin, xbin, idf) render any text
+# file as frames of characters: FFmpeg "decodes" a text file as a video
+TEXT_CODECS = frozenset({"ansi", "bintext", "xbin", "idf"})
+_SNIFF_BYTES = 4096
+
+
+def refuse_text(container, path: str | Path) -> None:
+    """Raise :class:`DecodeError` when an opened PyAV ``container`` is a file that FFmpeg
+    only reads as text art (see :data:`TEXT_CODECS`)."""
+    streams = container.streams.video
+    if streams and streams[0].codec_context.name in TEXT_CODECS:
+        raise DecodeError(f"{path}: not a video (FFmpeg reads it as text, format "
+                          f"{container.format.name!r})")
+
+
+def refuse_text_file(path: str | Path, timeout: float = 30.0) -> None:
+    """Raise :class:`DecodeError` for a file FFmpeg would read as text art. Only files
+    whose first 4 KiB hold no NUL byte (text, not a container) are opened to ask FFmpeg;
+    anything FFmpeg cannot open is left to the decoder's own message."""
+    with open(path, "rb") as f:
+        if b"\0" in f.read(_SNIFF_BYTES):
+            return  # binary: every container format holds NUL bytes in its header
+    import av
+
+    try:
+        container = av.open(str(path), timeout=timeout)
+    except Exception:  # av.error.* and OSError
+        return
+    with container:
+        refuse_text(container, path)
+
+
+def _check_file(path: str | Path, timeout: float = 30.0) -> None:
+    """Refuse what would block or cannot be a video: missing, FIFOs, devices, empty files,
+    text files (which FFmpeg would render as video, :func:`refuse_text_file`)."""
     try:
         st = os.stat(path)
     except OSError as e:
@@ -46,6 +80,10 @@ def _check_file(path: str | Path) -> None:
         raise DecodeError(f"{path}: not a regular file")
     if st.st_size == 0:
         raise DecodeError(f"{path}: empty file")
+    try:
+        refuse_text_file(path, timeout)
+    except OSError as e:
+        raise DecodeError(f"{path}: cannot open ({e.strerror})") from None
 
 
 class PyAVBackend:
@@ -59,16 +97,20 @@ class PyAVBackend:
     def _open(self, path):
         import av
 
-        _check_file(path)
+        _check_file(path, self.timeout)
         try:
             container = av.open(str(path), timeout=self.timeout)
         except Exception as e:  # av.error.* and OSError
             if "Immediate exit" in str(e):  # FFmpeg's I/O interrupt: the timeout fired
                 raise DecodeError(f"{path}: opening took over {self.timeout:g}s") from None
             raise DecodeError(f"{path}: cannot open as video ({_short(e)})") from None
-        if not container.streams.video:
+        try:
+            if not container.streams.video:
+                raise DecodeError(f"{path}: no video stream")
+            refuse_text(container, path)  # also binary text art (.bin, .xb, .idf)
+        except DecodeError:
             container.close()
-            raise DecodeError(f"{path}: no video stream")
+            raise
         return container
 
     def probe(self, path) -> VideoInfo:
@@ -94,9 +136,13 @@ class PyAVBackend:
             order = sorted(stamps)
             keys = sorted({(bisect.bisect_left(order, ts), ts) for ts in key_stamps})
             rate = stream.average_rate or stream.guessed_rate or 0
+            end = 0.0
+            if order and stream.time_base is not None:
+                end = float(order[-1] * stream.time_base) + (1 / float(rate) if rate else 0)
             return VideoInfo(len(stamps), int(stream.frames or 0), float(rate),
                              stream.codec_context.width, stream.codec_context.height,
-                             tuple(k for k, _ in keys) or (0,), tuple(t for _, t in keys))
+                             tuple(k for k, _ in keys) or (0,), tuple(t for _, t in keys),
+                             max(end, 0.0))
 
     def read(self, path, indices, info: VideoInfo | None = None,
              short_side: int | None = None) -> np.ndarray:
@@ -184,11 +230,15 @@ class TorchCodecBackend:
     def _decoder(self, path):
         from torchcodec.decoders import VideoDecoder
 
-        _check_file(path)
+        _check_file(path, self.timeout)
         try:
-            return VideoDecoder(str(path), seek_mode="exact", dimension_order="NHWC")
+            decoder = VideoDecoder(str(path), seek_mode="exact", dimension_order="NHWC")
         except Exception as e:
             raise DecodeError(f"{path}: cannot open as video ({_short(e)})") from None
+        if getattr(decoder.metadata, "codec", None) in TEXT_CODECS:
+            raise DecodeError(f"{path}: not a video (FFmpeg reads it as text, codec "
+                              f"{decoder.metadata.codec!r})")
+        return decoder
 
     def probe(self, path) -> VideoInfo:
         meta = self._decoder(path).metadata

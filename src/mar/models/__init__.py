@@ -14,9 +14,11 @@ from .patch_embed import (
     sinusoid_table,
     unpatchify,
 )
+from .token_reduction import TokenReduction
 
 __all__ = [
     "HEADS", "IMAGENET_MEAN", "IMAGENET_STD", "MAR", "SIZES", "BridgingHead", "LinearHead",
-    "MAROutput", "MLPHead", "PatchEmbed3D", "ReconstructionDecoder", "Size", "VideoEncoder",
+    "MAROutput", "MLPHead", "PatchEmbed3D", "ReconstructionDecoder", "Size", "TokenReduction",
+    "VideoEncoder",
     "create_model", "patchify", "reconstruction_target", "sinusoid_table", "unpatchify",
 ]

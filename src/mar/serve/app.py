@@ -1,17 +1,21 @@
 """The HTTP application of ``mar serve``: routes, limits, errors, start-up and shutdown.
 
-Routes: ``POST /v1/predict`` (multipart upload -> top-k JSON), ``GET /healthz`` (the
-process answers), ``GET /readyz`` (the model is loaded and warmed up), ``GET /metrics``
-(Prometheus text), ``GET /`` (the web page). Every error is JSON,
+Routes: ``POST /v1/predict`` (multipart upload -> top-k JSON; with ``window`` and
+``stride`` also the per-window timeline of ``mar predict --window``), ``GET /healthz``
+(the process answers), ``GET /readyz`` (the model is loaded and warmed up),
+``GET /metrics`` (Prometheus text), ``GET /`` (the web page). Every error is JSON,
 ``{"error": CODE, "detail": ONE LINE}``, with its status: 401 bad or missing token, 413
-upload or video too large, 422 missing field or not a decodable video, 429 too many
-requests in flight, 503 loading or shutting down, 504 past the request timeout.
+upload or video too large, 422 missing or bad field or not a decodable video, 429 too
+many requests in flight, 503 loading or shutting down, 504 past the request timeout.
 
 A request goes: admission (token, readiness, in-flight bound; before the body is read) ->
 upload (size-limited while it is received) -> decode (thread pool) -> micro-batcher
-(one model thread) -> answer. The model loads in a background thread so ``/healthz``
-answers at once; ``/readyz`` and predictions wait for it. On SIGTERM/SIGINT uvicorn stops
-accepting connections and lets requests in flight finish; then the batcher drains.
+(one model thread) -> answer. A timeline runs after the decode, in the same decode
+thread, outside the batcher (a stream of windows, :meth:`ServedModel.timeline`); its
+model calls and the batcher's take turns under one lock. The model loads in a background
+thread so ``/healthz`` answers at once; ``/readyz`` and predictions wait for it. On
+SIGTERM/SIGINT uvicorn stops accepting connections and lets requests in flight finish;
+then the batcher drains.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import re
 import shutil
 import tempfile
@@ -40,7 +45,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..data import DecodeError
 from .batcher import BatcherClosed, MicroBatcher
 from .metrics import CONTENT_TYPE, ServeMetrics
-from .predictor import DecodedVideo, ServedModel, VideoTooLong
+from .predictor import (
+    DecodedVideo,
+    InvalidTimeline,
+    ServedModel,
+    TimelineTimeout,
+    VideoTooLong,
+)
 
 log = logging.getLogger("mar.serve")
 PROTECTED = ("/v1/predict", "/metrics")   # need the bearer token when one is set
@@ -66,6 +77,7 @@ class ServeSettings:
     queue_size: int = 32            # prediction requests in flight at once
     decode_workers: int = 2
     topk: int = 5
+    max_windows: int = 1000         # windows per timeline request
 
     @property
     def max_upload_bytes(self) -> int:
@@ -194,23 +206,76 @@ class Admission:
             state.metrics.inflight.set(state.inflight)
 
 
+@dataclass(frozen=True)
+class TimelineRequest:
+    """The form fields ``window``, ``stride`` (default: ``window``) and ``smooth``, as
+    ``mar predict --window --stride --smooth`` takes them."""
+
+    window: float
+    stride: float
+    smooth: int = 1
+
+
+def timeline_request(window: float | None, stride: float | None,
+                     smooth: int | None) -> TimelineRequest | None:
+    """The timeline a request asks for (None without ``window``); ValueError naming the
+    field for a value ``mar predict`` would refuse too."""
+    if window is None:
+        for name, value in (("stride", stride), ("smooth", smooth)):
+            if value is not None:
+                raise ValueError(f"{name}: needs window (the seconds per window of a "
+                                 "timeline)")
+        return None
+    for name, value in (("window", window), ("stride", stride)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name}: must be a positive number of seconds, got {value:g}")
+    if smooth is not None and (smooth < 1 or smooth % 2 == 0):
+        raise ValueError(f"smooth: must be an odd number of windows (1, 3, 5, ...), "
+                         f"got {smooth}")
+    return TimelineRequest(window, stride or window, smooth or 1)
+
+
+@dataclass
+class Processed:
+    """What the decode thread hands back: the views, and the timeline when asked."""
+
+    decoded: DecodedVideo
+    timeline: dict | None = None
+    timeline_s: float = 0.0
+
+
 def _safe_suffix(filename: str | None) -> str:
     suffix = Path(filename or "").suffix
     return suffix if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", suffix) else ""
 
 
 def decode_upload(served: ServedModel, file: BinaryIO, filename: str,
-                  max_frames: int) -> DecodedVideo:
-    """Copy the upload to a temporary file (the decoders read paths) and decode its
-    test views; error messages name the upload, not the temporary file."""
+                  settings: ServeSettings, timeline: TimelineRequest | None = None,
+                  topk: int = 5, deadline: float = math.inf) -> Processed:
+    """Copy the upload to a temporary file (the decoders read paths), decode its test
+    views and, when asked, compute its timeline (``mar predict --window``'s JSON, with the
+    upload's name as ``video``) within ``deadline`` (``time.monotonic()``); error
+    messages name the upload, not the temporary file."""
     with tempfile.NamedTemporaryFile(prefix="mar-upload-", suffix=_safe_suffix(filename)) as tmp:
         file.seek(0)
         shutil.copyfileobj(file, tmp)
         tmp.flush()
         try:
-            return served.decode(tmp.name, max_frames)
-        except (DecodeError, VideoTooLong) as e:
+            out = Processed(served.decode(tmp.name, settings.max_frames))
+            if timeline is None:
+                return out
+            served.check_timeline(out.decoded, timeline.window, timeline.stride,
+                                  settings.max_frames, settings.max_windows)
+            start = time.perf_counter()
+            tl = served.timeline(tmp.name, timeline.window, timeline.stride,
+                                 timeline.smooth, settings.max_batch_size,
+                                 deadline - time.monotonic())
+            out.timeline_s = time.perf_counter() - start
+        except (DecodeError, VideoTooLong, TimelineTimeout) as e:
             raise type(e)(str(e).replace(tmp.name, filename)) from None
+    out.timeline = tl.to_json(topk, lambda c: served.label(c) or str(c)) | {
+        "video": filename}
+    return out
 
 
 def create_app(settings: ServeSettings,
@@ -279,33 +344,47 @@ def create_app(settings: ServeSettings,
                       topk: Annotated[int, Form(description="classes to return")] = (
                           settings.topk),
                       pictures: Annotated[bool, Form(description="add PNG pictures of the "
-                                          "first view: masked tokens, reconstruction")] = False):
-        # Long videos: a window/stride timeline (several predictions along the video)
-        # would be decoded here into one views tensor per window and submitted to the
-        # batcher window by window; /v1/predict scores the config's test views only.
+                                          "first view: masked tokens, reconstruction")] = False,
+                      window: Annotated[float | None, Form(description="seconds per window: "
+                                        "add the per-window timeline, as mar predict "
+                                        "--window")] = None,
+                      stride: Annotated[float | None, Form(description="seconds between "
+                                        "window starts (default: window)")] = None,
+                      smooth: Annotated[int | None, Form(description="moving average over "
+                                        "this odd number of windows (default 1)")] = None):
         served, batcher = state.served, state.batcher
         k = served.cfg.model.num_classes
         if not 1 <= topk <= k:
             return error(422, "invalid_request", f"topk: must be between 1 and {k}, "
                          f"got {topk}")
+        try:
+            timeline = timeline_request(window, stride, smooth)
+        except ValueError as e:
+            return error(422, "invalid_request", str(e))
         start = time.perf_counter()
+        deadline = time.monotonic() + settings.timeout_s
         name = video.filename or "upload"
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(settings.timeout_s):
-                decoded = await loop.run_in_executor(state.decode_pool, decode_upload, served,
-                                                     video.file, name, settings.max_frames)
-                decode_s = time.perf_counter() - start
+                processed = await loop.run_in_executor(
+                    state.decode_pool, decode_upload, served, video.file, name, settings,
+                    timeline, topk, deadline)
+                decoded = processed.decoded
+                # upload copy, waiting for a decode thread, probe + decode + transform
+                decode_s = time.perf_counter() - start - processed.timeline_s
                 result = await asyncio.wrap_future(batcher.submit(decoded.views))
                 drawn = None
                 if pictures:
                     drawn = await loop.run_in_executor(state.decode_pool, served.pictures,
                                                        decoded.views[0])
-        except TimeoutError:
+        except TimeoutError:  # asyncio's, or the timeline's TimelineTimeout
             return error(504, "timeout", f"{name}: no answer within {settings.timeout_s:g} s "
                          "(--timeout-s)")
         except VideoTooLong as e:
             return error(413, "video_too_long", str(e))
+        except InvalidTimeline as e:
+            return error(422, "invalid_request", str(e))
         except DecodeError as e:
             return error(422, "not_a_video", str(e))
         except BatcherClosed as e:
@@ -319,21 +398,24 @@ def create_app(settings: ServeSettings,
             if served.label(c) is not None:
                 row["name"] = served.label(c)
             rows.append(row)
-        m = state.metrics.seconds
-        for stage, seconds in (("decode", decode_s), ("queue", result.queue_s),
-                               ("model", result.model_s), ("total", total_s)):
-            m.labels(stage).observe(seconds)
+        timing = {"decode": decode_s, "queue": result.queue_s, "model": result.model_s,
+                  "total": total_s}
+        if processed.timeline is not None:
+            timing["timeline"] = processed.timeline_s
+        for stage, seconds in timing.items():
+            state.metrics.seconds.labels(stage).observe(seconds)
         body = {"filename": name, "top": rows, "model": model_info(served),
                 "masking": served.masking_info, "gflops_per_view": served.gflops,
                 "views": decoded.views.shape[0], "clips": served.cfg.data.test_clips,
                 "crops": served.cfg.data.test_crops,
                 "video": {"frames": decoded.frames, "fps": decoded.fps,
                           "width": decoded.width, "height": decoded.height},
-                "timing_ms": {"decode": 1000 * decode_s, "queue": 1000 * result.queue_s,
-                              "model": 1000 * result.model_s, "total": 1000 * total_s},
+                "timing_ms": {stage: 1000 * seconds for stage, seconds in timing.items()},
                 "batch": {"views": result.batch_views, "requests": result.batch_requests}}
         if drawn is not None:
             body["pictures"] = drawn
+        if processed.timeline is not None:
+            body["timeline"] = processed.timeline
         return body
 
     return app

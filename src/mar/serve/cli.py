@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: %(default)s)")
     p.add_argument("--decode-workers", type=int, default=2,
                    help="threads decoding uploads (default: %(default)s)")
+    p.add_argument("--max-windows", type=int, default=1000,
+                   help="most windows a timeline request (window/stride) may make; more: "
+                   "422 (default: %(default)s)")
     p.add_argument("--topk", type=int, default=5,
                    help="classes per answer unless the request asks (default: %(default)s)")
     p.add_argument("--log-level", default="info",
@@ -67,7 +70,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def settings_from(args: argparse.Namespace):
     from .app import ServeSettings
 
-    for flag in ("max_batch_size", "max_frames", "queue_size", "decode_workers", "topk"):
+    for flag in ("max_batch_size", "max_frames", "queue_size", "decode_workers", "topk",
+                 "max_windows"):
         if getattr(args, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1, "
                               f"got {getattr(args, flag)}")
@@ -83,7 +87,7 @@ def settings_from(args: argparse.Namespace):
         token=args.token or None, max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms, max_upload_mb=args.max_upload_mb,
         max_frames=args.max_frames, timeout_s=args.timeout_s, queue_size=args.queue_size,
-        decode_workers=args.decode_workers, topk=args.topk)
+        decode_workers=args.decode_workers, topk=args.topk, max_windows=args.max_windows)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -12,15 +12,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-STAGES = ("decode", "queue", "model", "total")
+STAGES = ("decode", "queue", "model", "total", "timeline")
 SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 VIEWS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class ServeMetrics:
     """``mar_requests_total{code}``, ``mar_request_seconds{stage}`` (decode, queue, model,
-    total), ``mar_batch_views`` and ``mar_batch_requests`` per model call,
-    ``mar_queue_depth``, ``mar_inflight_requests``, ``mar_ready``."""
+    total; timeline for requests that ask for one), ``mar_batch_views`` and
+    ``mar_batch_requests`` per model call, ``mar_queue_depth``, ``mar_inflight_requests``,
+    ``mar_ready``."""
 
     def __init__(self, queue_depth: Callable[[], int] = lambda: 0):
         self.registry = CollectorRegistry()
@@ -29,7 +30,7 @@ class ServeMetrics:
         self.requests = Counter("mar_requests", "POST /v1/predict answers, by status code",
                                 ["code"], registry=r)
         self.seconds = Histogram("mar_request_seconds", "time per successful prediction, "
-                                 "by stage (decode, queue, model, total)", ["stage"],
+                                 "by stage (decode, queue, model, total, timeline)", ["stage"],
                                  buckets=SECONDS, registry=r)
         self.batch_views = Histogram("mar_batch_views", "views per model call",
                                      buckets=VIEWS, registry=r)

@@ -5,6 +5,15 @@ Decoding (:meth:`ServedModel.decode`) runs in a thread pool, one upload per thre
 model (:meth:`ServedModel.scores`) runs in the micro-batcher's single thread on views
 stacked from several uploads. MAR's evaluation mask is deterministic and keeps a fixed
 number of tokens, so views of any upload stack into one batch without padding.
+
+A timeline (:meth:`ServedModel.timeline`, ``mar predict --window``'s
+:func:`mar.timeline.predict_timeline`) runs in a decode-pool thread, outside the batcher.
+The model's forward pass reads its weights and changes no state, so two threads calling
+it would compute the right numbers; every call still takes :attr:`ServedModel.lock`, so
+the model runs one batch at a time as the batcher assumes (no two batches competing for
+the cores or the device's memory). The lock is taken per model call, so the batcher and
+a timeline take turns batch by batch: a timeline never holds the batcher up for more
+than one of its batches.
 """
 
 from __future__ import annotations
@@ -12,6 +21,8 @@ from __future__ import annotations
 import base64
 import io
 import math
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,40 +35,33 @@ from ..flops import model_cost
 from ..inference import describe_masking, eval_masking, load_run
 from ..masking import Mask
 from ..models import patchify, unpatchify
+from ..timeline import Timeline, predict_timeline, window_starts
 from ..visualize import reconstruct
-
-# FFmpeg's text-art demuxers (tty, bin, xbin, idf) turn any text file into video frames
-TEXT_CODECS = frozenset({"ansi", "bintext", "xbin", "idf"})
-
-
-def refuse_text(path: str | Path, timeout: float) -> None:
-    """Raise :class:`DecodeError` for a file that FFmpeg would only read as text art;
-    anything else FFmpeg cannot open is left to the decoder's own probe and message."""
-    import av
-
-    try:
-        with av.open(str(path), timeout=timeout) as container:
-            streams = container.streams.video
-            if streams and streams[0].codec_context.name in TEXT_CODECS:
-                raise DecodeError(f"{path}: not a video (FFmpeg reads it as text, "
-                                  f"format {container.format.name!r})")
-    except av.FFmpegError:
-        pass
 
 
 class VideoTooLong(ValueError):
     """An upload with more frames than the server accepts (``--max-frames``)."""
 
 
+class InvalidTimeline(ValueError):
+    """A window/stride that this video and the server's limits do not allow."""
+
+
+class TimelineTimeout(TimeoutError):
+    """A timeline that did not finish within its time budget."""
+
+
 @dataclass(frozen=True)
 class DecodedVideo:
-    """An upload's test views, ``(V, C, T, H, W)`` normalised, and what the probe saw."""
+    """An upload's test views, ``(V, C, T, H, W)`` normalised, and what the probe saw
+    (``duration``: seconds to the end of the last frame, from the packets' timestamps)."""
 
     views: Tensor
     frames: int
     fps: float
     width: int
     height: int
+    duration: float = 0.0
 
 
 class ServedModel:
@@ -71,6 +75,7 @@ class ServedModel:
         model, self.cfg = load_run(checkpoint, config, list(overrides))
         self.device = torch.device(device)
         self.model = model.to(self.device)
+        self.lock = threading.Lock()  # one model call at a time (module docstring)
         self.checkpoint = str(checkpoint)
         self.masking = eval_masking(self.cfg, mask_ratio)
         names = class_names or self.cfg.data.class_names
@@ -107,10 +112,10 @@ class ServedModel:
         made by ``mar predict``'s own loader (:meth:`mar.config.Config.views_dataset`:
         one probe, the frames of all clips decoded in one pass, scaled by the decoder).
 
-        Raises :class:`DecodeError` for a file that is not a decodable video and
-        :class:`VideoTooLong` past ``max_frames`` (counted from the packets by a probe,
-        before anything is decoded)."""
-        refuse_text(path, self.cfg.data.decode_timeout)
+        Raises :class:`DecodeError` for a file that is not a decodable video (text files
+        included: the decoding layer refuses them, :func:`mar.data.decode.refuse_text_file`)
+        and :class:`VideoTooLong` past ``max_frames`` (counted from the packets by a
+        probe, before anything is decoded)."""
         info = self.backend.probe(path)
         if info.num_frames == 0:
             raise DecodeError(f"{path}: no video frames")
@@ -123,8 +128,9 @@ class ServedModel:
                                       dc.test_crops)[0]
         if not item["valid"]:
             raise DecodeError(item["error"])
+        duration = info.end_time or (info.num_frames / info.fps if info.fps else 0.0)
         return DecodedVideo(item["video"], info.num_frames, info.fps, info.width,
-                            info.height)
+                            info.height, duration)
 
     @torch.no_grad()
     def scores(self, video: Tensor) -> Tensor:
@@ -132,7 +138,47 @@ class ServedModel:
         video = video.to(self.device)
         mask = self.mask(video.shape[0]).to(self.device)
         model = self.model
-        return model.forward_head(model.forward_features(video, mask), mask).softmax(-1).cpu()
+        with self.lock:
+            logits = model.forward_head(model.forward_features(video, mask), mask)
+        return logits.softmax(-1).cpu()
+
+    def check_timeline(self, decoded: DecodedVideo, window: float, stride: float,
+                       max_frames: int, max_windows: int) -> None:
+        """Raise :class:`InvalidTimeline` for a window longer than the longest video the
+        server takes (``max_frames`` at this video's frame rate) or a window/stride that
+        makes more than ``max_windows`` windows of this video."""
+        fps = decoded.fps or 25.0  # the rate the timeline's stream assumes without one
+        longest = max_frames / fps
+        if window > longest:
+            raise InvalidTimeline(f"window: {window:g} s is longer than the longest video "
+                                  f"this server takes ({max_frames} frames, --max-frames: "
+                                  f"{longest:g} s at this video's {fps:g} fps)")
+        count = len(window_starts(decoded.duration or decoded.frames / fps, window,
+                                  stride))
+        if count > max_windows:
+            raise InvalidTimeline(f"stride: {count} windows of {window:g} s every "
+                                  f"{stride:g} s, over the limit of {max_windows} "
+                                  "(--max-windows)")
+
+    def timeline(self, path: str | Path, window: float, stride: float, smooth: int = 1,
+                 batch_size: int = 16, seconds: float = 60.0) -> Timeline:
+        """``mar predict PATH --window W --stride S --smooth K`` (fp32): the per-window
+        probabilities of the file at ``path``, its model calls taking :attr:`lock`.
+
+        Raises :class:`TimelineTimeout` when it takes more than ``seconds``: the decoding
+        stream stops itself at that deadline, so a request that timed out leaves no thread
+        running on."""
+        seconds = max(seconds, 1e-3)
+        deadline = time.monotonic() + seconds
+        try:
+            return predict_timeline(_Locked(self.model, self.lock), self.cfg, path,
+                                    self.masking, window, stride, batch_size=batch_size,
+                                    smooth=smooth, timeout=seconds)
+        except DecodeError:
+            if time.monotonic() >= deadline:
+                raise TimelineTimeout(f"{path}: the timeline took over {seconds:.3g} s") \
+                    from None
+            raise
 
     def warm_up(self, batch_sizes: tuple[int, ...]) -> None:
         """Run the model once at each batch size, so the first request pays no set-up."""
@@ -146,12 +192,32 @@ class ServedModel:
         mask = self.mask(1).to(self.device)
         view = view.to(self.device)
         if self.model.decoder is not None:
-            original, masked, rebuilt = reconstruct(self.model, view[None], mask)
+            with self.lock:
+                original, masked, rebuilt = reconstruct(self.model, view[None], mask)
         else:
             original, masked = masked_frames(self.model, view[None], mask)
             rebuilt = None
         return {"original": png_strip(original), "masked": png_strip(masked),
                 "reconstruction": png_strip(rebuilt) if rebuilt is not None else None}
+
+
+class _Locked:
+    """The model as :func:`predict_timeline` uses it, each forward call under ``lock``."""
+
+    def __init__(self, model, lock: threading.Lock):
+        self.model, self.lock = model, lock
+        self.grid = model.grid
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def forward_features(self, video: Tensor, mask: Mask) -> Tensor:
+        with self.lock:
+            return self.model.forward_features(video, mask)
+
+    def forward_head(self, tokens: Tensor, mask: Mask) -> Tensor:
+        with self.lock:
+            return self.model.forward_head(tokens, mask)
 
 
 def masked_frames(model, video: Tensor, mask: Mask) -> tuple[Tensor, Tensor]:
