@@ -1,7 +1,8 @@
-"""The paper's ablations at small scale, several seeds, on the synthetic benchmark.
+"""The paper's ablations at small scale, several seeds, on an embedded benchmark.
 
 Every run is the `mar demo` setting (vit_nano, 16 x 64^2 clips, the 12-class synthetic
-benchmark) with one thing changed; each (setting, seed) trains once, is evaluated at the
+benchmark; ``--kind natural`` for the photographs set, with ``--size``/``--patch``) with
+one thing changed; each (setting, seed) trains once, is evaluated at the
 test ratios its table needs, and is cached in ``--out/runs.json`` so an interrupted
 study continues where it stopped. Prints a Markdown table of mean ± std and writes it
 with a bar chart (``results_<tables>.md`` / ``.png``).
@@ -13,7 +14,12 @@ every ratio, which is Table III(c); ``IIIc`` shows only those), ``II`` (masking
 strategies: all of them at 50 %, random vs cell running at the other ratios, and the 2x
 downsampled input when 75 % is asked for), ``IXa`` (lambda), ``IXb`` (from scratch vs
 from a `mar pretrain` run of the same seed on the training videos, for both heads at 0
-and 50 %).
+and 50 %), ``Fig1`` (the paper's Fig. 1: from the same pretrained encoder, standard
+fine-tuning on all tokens with a linear head against MAR at 50 % and 75 %, plotted as
+accuracy against GFLOPs per view).
+
+    python benchmarks/study.py --kind natural --size 64 --patch 8 --tables Fig1 IXb \
+        --seeds 3 --epochs 30 --pretrain-epochs 40 --out study-natural
 """
 
 from __future__ import annotations
@@ -26,11 +32,12 @@ from pathlib import Path
 
 from mar.atomic import write_text
 from mar.config import Config, build_config, config_tree
-from mar.data.synth import CLASSES, SynthConfig, synthesize
+from mar.data.synth import SynthConfig, synthesize
 from mar.demo import DemoConfig, run_config
 from mar.engine.distributed import init_distributed
 from mar.engine.evaluate import run_eval
 from mar.engine.trainer import train
+from mar.flops import model_cost
 from mar.masking import make_masking
 
 STRATEGIES = ("random", "tube", "frame", "block", "block_running", "random_running",
@@ -90,13 +97,34 @@ def experiments(tables: list[str], ratios: list[float]) -> dict[str, dict]:
                                                 "same_as": f"V/{head}/{r:g}"}
             out[f"IXb/pretrained/{head}/{r:g}"] = {**setting, "report": report,
                                                    "pretrained": True}
+    if "Fig1" in tables:  # standard (VideoMAE's fine-tuning) vs MAR, same pretrained encoder
+        for arm, head, r in (("standard", "linear", 0.0), ("mar50", "bridging", 0.5),
+                             ("mar75", "bridging", 0.75)):
+            out[f"Fig1/{arm}"] = {**table_v(head, r), "report": [r], "pretrained": True,
+                                  "gflops": r}
+            if r < 0.75:  # IX(b) trains these two
+                out[f"Fig1/{arm}"]["same_as"] = f"IXb/pretrained/{head}/{r:g}"
+        for arm, head, r in (("standard", "linear", 0.0), ("mar50", "bridging", 0.5)):
+            out[f"Fig1/{arm}-scratch"] = {**table_v(head, r), "report": [r],
+                                          "same_as": f"V/{head}/{r:g}", "gflops": r}
     return out
 
 
+def gflops(demo: DemoConfig, spec: dict, num_classes: int) -> float:
+    """Per-view GFLOPs of a run's model at its test masking."""
+    o = spec["overrides"]
+    ratio = spec["gflops"]
+    return model_cost(demo.model, make_masking("cell_running", ratio) if ratio else None,
+                      head=o["model.head"], num_frames=demo.num_frames, img_size=demo.size,
+                      patch_size=demo.patch_size, num_classes=num_classes).gflops
+
+
 def study_config(demo: DemoConfig, data: Path, overrides: dict) -> Config:
-    """The MAR setting of `mar demo` with ``overrides`` (dotted keys) applied."""
+    """The MAR setting of `mar demo` with ``overrides`` (dotted keys) applied, on the
+    benchmark at ``data`` (its own class count)."""
     tree = config_tree(run_config(demo, data, mar=True))
-    return build_config(tree, overrides, where="study")
+    classes = len((data / "classes.txt").read_text().split())
+    return build_config(tree, {"model.num_classes": classes, **overrides}, where="study")
 
 
 def pretrain_config(demo: DemoConfig, data: Path, **overrides) -> Config:
@@ -107,14 +135,43 @@ def pretrain_config(demo: DemoConfig, data: Path, **overrides) -> Config:
                                      **overrides})
 
 
-def pretrain(demo: DemoConfig, data: Path, seed: int, epochs: int, out: Path) -> dict:
-    """A `mar pretrain` run on the training videos."""
+def pretrain(demo: DemoConfig, data: Path, seed: int, epochs: int, out: Path,
+             overrides: dict | None = None) -> dict:
+    """A `mar pretrain` run on the training videos; also the reconstruction loss over its
+    last 20 % of steps and the trivial predictor's (:func:`trivial_loss`)."""
     cfg = pretrain_config(demo, data, **{"train.epochs": epochs, "train.eval_every": epochs,
-                                         "train.seed": seed})
+                                         "train.seed": seed, **(overrides or {})})
     run_dir = out / "pretrain" / f"seed{seed}-epochs{epochs}"
     summary = train(cfg, run_dir, overwrite=True)
     last = sorted(run_dir.glob("checkpoint-*"))[-1]
-    return {"dir": str(last), "train_s": summary["wall_time_s"]}
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    losses = [(r["step"], r["loss"]) for r in rows if "clips_per_s" in r]
+    final = [v for step, v in losses if step > 0.8 * losses[-1][0]]
+    return {"dir": str(last), "train_s": summary["wall_time_s"],
+            "loss_last20": statistics.mean(final), "trivial_loss": trivial_loss(cfg)}
+
+
+def trivial_loss(cfg: Config, clips: int = 64) -> float:
+    """The reconstruction loss of the best predictor that sees no visible patch, over the
+    patches of ``clips`` training clips. Per-patch normalized targets (the default) have
+    mean 0, so that predictor says 0 and its loss is their mean square: (n-1)/n for n
+    pixels per patch and channel (the unbiased std), a little less where patches are flat.
+    Raw pixel targets are best guessed by their mean over the set; the loss is their
+    variance."""
+    import torch
+
+    from mar.models import reconstruction_target
+
+    m = cfg.model
+    loader = torch.utils.data.DataLoader(cfg.dataset("train"), batch_size=8)
+    targets = []
+    for batch in loader:
+        targets.append(reconstruction_target(batch["video"], m.patch_size, m.tubelet_size,
+                                             m.pixel_mean, m.pixel_std, m.norm_target))
+        if 8 * len(targets) >= clips:
+            break
+    t = torch.cat(targets).flatten(0, 1)
+    return ((t - (0 if m.norm_target else t.mean(0))) ** 2).mean().item()
 
 
 def run_one(demo: DemoConfig, data: Path, spec: dict, seed: int, out: Path,
@@ -145,23 +202,37 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--pretrain-epochs", type=int, default=100,
-                        help="length of the `mar pretrain` run behind Table IX(b)")
+                        help="length of the `mar pretrain` run behind Table IX(b) and Fig. 1")
+    parser.add_argument("--pretrain-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="settings of that pretraining, e.g. model.norm_target=false")
+    parser.add_argument("--kind", choices=("shapes", "natural"), default="shapes",
+                        help="the embedded benchmark (docs/natural_benchmark.md)")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--patch", type=int, default=16)
     parser.add_argument("--out", default="study")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    demo = DemoConfig(out=str(out), epochs=args.epochs)
+    demo = DemoConfig(out=str(out), epochs=args.epochs, size=args.size,
+                      patch_size=args.patch)
     data = out / "data"
     synthesize(data, SynthConfig(num_frames=demo.num_frames, size=demo.size,
                                  per_class_train=demo.per_class_train,
-                                 per_class_val=demo.per_class_val, seed=0))
+                                 per_class_val=demo.per_class_val, seed=0, kind=args.kind))
+    num_classes = len((data / "classes.txt").read_text().split())
     cache_file = out / "runs.json"
     cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     specs = experiments(args.tables, args.ratios)
+    pre_set = dict(a.split("=", 1) for a in args.pretrain_set)
+    # the cache knows the benchmark and the pretraining it was made with
+    bench = "" if (args.kind, args.size, args.patch) == ("shapes", 64, 16) else \
+        f"{args.kind}{args.size}p{args.patch}/"
+    pre_key = f"pretrain/epochs{args.pretrain_epochs}" + "".join(
+        f",{k}={v}" for k, v in sorted(pre_set.items()))
 
     def key(name: str, spec: dict, seed: int) -> str:
-        pre = f"/pretrain{args.pretrain_epochs}" if spec.get("pretrained") else ""
-        return f"{spec.get('same_as', name)}/seed{seed}/epochs{args.epochs}{pre}"
+        pre = f"/{pre_key}" if spec.get("pretrained") else ""
+        return f"{bench}{spec.get('same_as', name)}/seed{seed}/epochs{args.epochs}{pre}"
 
     def save() -> None:
         write_text(cache_file, json.dumps(cache, indent=1))
@@ -174,19 +245,23 @@ def main() -> None:
                 continue
             init = None
             if spec.get("pretrained"):
-                pk = f"pretrain/seed{seed}/epochs{args.pretrain_epochs}"
+                pk = f"{bench}{pre_key}/seed{seed}"
                 if pk not in cache:
-                    cache[pk] = pretrain(demo, data, seed, args.pretrain_epochs, out)
+                    cache[pk] = pretrain(demo, data, seed, args.pretrain_epochs, out, pre_set)
                     save()
+                    print(f"{pk}: loss {cache[pk]['loss_last20']:.4f} (trivial "
+                          f"{cache[pk]['trivial_loss']:.4f})", flush=True)
                 init = cache[pk]["dir"]
             cache[k] = run_one(demo, data, spec, seed, out, init)
             save()
             print(f"{k}: {cache[k]['top1']} ({time.perf_counter() - start:.0f}s so far)",
                   flush=True)
-    lines = [f"chance: {100 / len(CLASSES):.1f} %; {args.seeds} seeds; {args.epochs} epochs",
-             "", "| setting | test ratio | top-1 % mean ± std | runs | train s (mean) |",
+    lines = [f"{args.kind} benchmark, {demo.num_frames} x {demo.size}² at patch "
+             f"{demo.patch_size}; chance: {100 / num_classes:.1f} %; {args.seeds} seeds; "
+             f"{args.epochs} epochs", "",
+             "| setting | test ratio | top-1 % mean ± std | runs | train s (mean) |",
              "|---|--:|--:|--:|--:|"]
-    rows = []
+    rows, points = [], []
     for name, spec in specs.items():
         runs = [cache[key(name, spec, s)] for s in range(args.seeds)]
         for ratio in spec.get("report", spec["test_ratios"]):
@@ -196,19 +271,32 @@ def main() -> None:
             lines.append(f"| {name} | {ratio if ratio is not None else 'as trained'} | "
                          f"{statistics.mean(accs):.1f} ± {std:.1f} | {len(accs)} | "
                          f"{statistics.mean(r['train_s'] for r in runs):.0f} |")
+        if "gflops" in spec:
+            points.append((name.split("/")[-1], gflops(demo, spec, num_classes), accs))
     if any(s.get("pretrained") for s in specs.values()):
-        pre = [cache[f"pretrain/seed{s}/epochs{args.pretrain_epochs}"]["train_s"]
-               for s in range(args.seeds)]
-        lines += ["", f"pretraining ({args.pretrain_epochs} epochs, tube 90 %): "
-                  f"{statistics.mean(pre):.0f} s per seed, not included above"]
+        pre = [cache[f"{bench}{pre_key}/seed{s}"] for s in range(args.seeds)]
+        loss = [p["loss_last20"] for p in pre]
+        lines += ["", f"pretraining ({pre_key.split('/', 1)[1]}, tube 90 %): "
+                  f"{statistics.mean(p['train_s'] for p in pre):.0f} s per seed, not "
+                  f"included above; reconstruction loss over its last 20 % of steps "
+                  f"{statistics.mean(loss):.4f} (seeds: "
+                  f"{', '.join(f'{v:.4f}' for v in loss)}), trivial predictor "
+                  f"{statistics.mean(p['trivial_loss'] for p in pre):.4f}"]
+    if points:
+        lines += ["", "| Fig. 1 arm | GFLOPs per view | top-1 % mean ± std |",
+                  "|---|--:|--:|"]
+        lines += [f"| {n} | {g:.3f} | {statistics.mean(a):.1f} ± "
+                  f"{statistics.stdev(a) if len(a) > 1 else 0.0:.1f} |" for n, g, a in points]
     table = "\n".join(lines)
     print(table)
     stem = "results_" + "_".join(args.tables)
     (out / f"{stem}.md").write_text(table + "\n")
-    print(f"wrote {out / f'{stem}.md'} and {plot(rows, out / f'{stem}.png')}")
+    print(f"wrote {out / f'{stem}.md'} and {plot(rows, out / f'{stem}.png', num_classes)}")
+    if points:
+        print(f"wrote {plot_fig1(points, out / 'fig1.png', num_classes)}")
 
 
-def plot(rows: list[tuple[str, list[float]]], path: Path) -> Path:
+def plot(rows: list[tuple[str, list[float]]], path: Path, num_classes: int) -> Path:
     """One bar per row (mean, ± std) with every seed as a dot."""
     import matplotlib
 
@@ -222,11 +310,45 @@ def plot(rows: list[tuple[str, list[float]]], path: Path) -> Path:
     ax.barh(y, means, xerr=stds, color="tab:blue", alpha=0.5, capsize=3)
     for i, (_, accs) in enumerate(rows):
         ax.scatter(accs, [i] * len(accs), s=10, color="black", zorder=3)
-    ax.axvline(100 / len(CLASSES), color="gray", ls=":", label="chance")
+    ax.axvline(100 / num_classes, color="gray", ls=":", label="chance")
     ax.set_yticks(list(y), [label for label, _ in rows], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("video top-1 % (mean ± std over seeds; dots: seeds)")
     ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_fig1(points: list[tuple[str, float, list[float]]], path: Path,
+              num_classes: int) -> Path:
+    """The paper's Fig. 1: top-1 (mean ± std, seeds as dots) against GFLOPs per view."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = {"standard": "standard (all tokens, linear head)", "mar50": "MAR 50 %",
+              "mar75": "MAR 75 %"}
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, g, accs in points:
+        color = "tab:gray" if name.startswith("standard") else "tab:red"
+        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        scratch = name.endswith("-scratch")
+        ax.errorbar([g], [statistics.mean(accs)], yerr=[std], fmt="o", color=color,
+                    capsize=4, mfc="white" if scratch else color)
+        name = name.removesuffix("-scratch")
+        name = labels.get(name, name) + (" from scratch" if scratch else "")
+        ax.scatter([g] * len(accs), accs, s=10, color="black", zorder=3)
+        ax.annotate(name, (g, statistics.mean(accs)),
+                    textcoords="offset points", xytext=(6, 6), fontsize=8)
+    ax.axhline(100 / num_classes, color="gray", ls=":", label="chance")
+    ax.set_xlabel("GFLOPs per view")
+    ax.set_ylabel("video top-1 % (mean ± std over seeds; dots: seeds)")
+    ax.set_title("filled: from the same pretrained encoder; hollow: from scratch",
+                 fontsize=9)
+    ax.set_xlim(left=0)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -10,12 +10,15 @@ spec.loader.exec_module(study)
 
 
 def test_shared_runs_have_the_same_settings_and_test_ratios():
-    specs = study.experiments(["V", "IIIc", "II", "IXa", "IXb"], [0.0, 0.25, 0.5, 0.75])
+    specs = study.experiments(["V", "IIIc", "II", "IXa", "IXb", "Fig1"],
+                              [0.0, 0.25, 0.5, 0.75])
     shared = {name: s for name, s in specs.items() if "same_as" in s}
-    assert {"II/cell_running/0.5", "IXb/scratch/bridging/0.5", "IIIc/0.75"} <= set(shared)
+    assert {"II/cell_running/0.5", "IXb/scratch/bridging/0.5", "IIIc/0.75",
+            "Fig1/standard", "Fig1/mar50-scratch"} <= set(shared)
     for name, s in shared.items():
         target = specs[s["same_as"]]
-        assert "same_as" not in target and not target.get("pretrained"), name
+        assert "same_as" not in target, name
+        assert bool(target.get("pretrained")) == bool(s.get("pretrained")), name
         assert s["overrides"] == target["overrides"], name
         assert set(s.get("report", s["test_ratios"])) <= set(target["test_ratios"]), name
 
@@ -27,3 +30,19 @@ def test_table_ii_follows_the_paper():
                                                          "II/cell_running/0.25"}
     assert "II/downsample2x/0" in names
     assert "II/downsample2x/0" not in study.experiments(["II"], [0.5])
+
+
+def test_fig1_compares_standard_and_mar_from_the_same_encoder_at_their_flops():
+    from mar.demo import DemoConfig
+
+    specs = study.experiments(["Fig1"], [0.5])
+    demo = DemoConfig(size=64, patch_size=8)
+    cost = {name.split("/")[1]: study.gflops(demo, s, 12) for name, s in specs.items()}
+    assert {"standard", "mar50", "mar75"} <= set(cost)
+    assert all(specs[f"Fig1/{a}"].get("pretrained") for a in ("standard", "mar50", "mar75"))
+    assert not specs["Fig1/standard-scratch"].get("pretrained")
+    assert specs["Fig1/standard"]["overrides"]["model.head"] == "linear"
+    assert specs["Fig1/mar50"]["overrides"]["model.head"] == "bridging"
+    # the paper's Fig. 1: MAR 50 % at about half the standard cost (47 % for ViT-B)
+    assert 0.4 < cost["mar50"] / cost["standard"] < 0.55
+    assert cost["mar75"] < cost["mar50"] == cost["mar50-scratch"]
