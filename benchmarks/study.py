@@ -16,7 +16,8 @@ downsampled input when 75 % is asked for), ``IXa`` (lambda), ``IXb`` (from scrat
 from a `mar pretrain` run of the same seed on the training videos, for both heads at 0
 and 50 %), ``Fig1`` (the paper's Fig. 1: from the same pretrained encoder, standard
 fine-tuning on all tokens with a linear head against MAR at 50 % and 75 %, plotted as
-accuracy against GFLOPs per view).
+accuracy against GFLOPs per view), ``pretrain`` (only the pretraining of each seed, its
+reconstruction loss against the trivial predictor's).
 
     python benchmarks/study.py --kind natural --size 64 --patch 8 --tables Fig1 IXb \
         --seeds 3 --epochs 30 --pretrain-epochs 40 --out study-natural
@@ -32,6 +33,7 @@ from pathlib import Path
 
 from mar.atomic import write_text
 from mar.config import Config, build_config, config_tree
+from mar.data import read_class_names
 from mar.data.synth import SynthConfig, synthesize
 from mar.demo import DemoConfig, run_config
 from mar.engine.distributed import init_distributed
@@ -123,7 +125,7 @@ def study_config(demo: DemoConfig, data: Path, overrides: dict) -> Config:
     """The MAR setting of `mar demo` with ``overrides`` (dotted keys) applied, on the
     benchmark at ``data`` (its own class count)."""
     tree = config_tree(run_config(demo, data, mar=True))
-    classes = len((data / "classes.txt").read_text().split())
+    classes = len(read_class_names(data / "classes.txt"))
     return build_config(tree, {"model.num_classes": classes, **overrides}, where="study")
 
 
@@ -141,7 +143,8 @@ def pretrain(demo: DemoConfig, data: Path, seed: int, epochs: int, out: Path,
     last 20 % of steps and the trivial predictor's (:func:`trivial_loss`)."""
     cfg = pretrain_config(demo, data, **{"train.epochs": epochs, "train.eval_every": epochs,
                                          "train.seed": seed, **(overrides or {})})
-    run_dir = out / "pretrain" / f"seed{seed}-epochs{epochs}"
+    settings = "".join(f",{k}={v}" for k, v in sorted((overrides or {}).items()))
+    run_dir = out / "pretrain" / f"seed{seed}-epochs{epochs}{settings}"
     summary = train(cfg, run_dir, overwrite=True)
     last = sorted(run_dir.glob("checkpoint-*"))[-1]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
@@ -219,7 +222,7 @@ def main() -> None:
     synthesize(data, SynthConfig(num_frames=demo.num_frames, size=demo.size,
                                  per_class_train=demo.per_class_train,
                                  per_class_val=demo.per_class_val, seed=0, kind=args.kind))
-    num_classes = len((data / "classes.txt").read_text().split())
+    num_classes = len(read_class_names(data / "classes.txt"))
     cache_file = out / "runs.json"
     cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     specs = experiments(args.tables, args.ratios)
@@ -237,21 +240,25 @@ def main() -> None:
     def save() -> None:
         write_text(cache_file, json.dumps(cache, indent=1))
 
+    def pretrained(seed: int) -> dict:
+        pk = f"{bench}{pre_key}/seed{seed}"
+        if pk not in cache:
+            cache[pk] = pretrain(demo, data, seed, args.pretrain_epochs, out, pre_set)
+            save()
+            print(f"{pk}: loss {cache[pk]['loss_last20']:.4f} (trivial "
+                  f"{cache[pk]['trivial_loss']:.4f})", flush=True)
+        return cache[pk]
+
     start = time.perf_counter()
+    if "pretrain" in args.tables:
+        for seed in range(args.seeds):
+            pretrained(seed)
     for name, spec in specs.items():
         for seed in range(args.seeds):
             k = key(name, spec, seed)
             if k in cache:
                 continue
-            init = None
-            if spec.get("pretrained"):
-                pk = f"{bench}{pre_key}/seed{seed}"
-                if pk not in cache:
-                    cache[pk] = pretrain(demo, data, seed, args.pretrain_epochs, out, pre_set)
-                    save()
-                    print(f"{pk}: loss {cache[pk]['loss_last20']:.4f} (trivial "
-                          f"{cache[pk]['trivial_loss']:.4f})", flush=True)
-                init = cache[pk]["dir"]
+            init = pretrained(seed)["dir"] if spec.get("pretrained") else None
             cache[k] = run_one(demo, data, spec, seed, out, init)
             save()
             print(f"{k}: {cache[k]['top1']} ({time.perf_counter() - start:.0f}s so far)",
@@ -273,7 +280,7 @@ def main() -> None:
                          f"{statistics.mean(r['train_s'] for r in runs):.0f} |")
         if "gflops" in spec:
             points.append((name.split("/")[-1], gflops(demo, spec, num_classes), accs))
-    if any(s.get("pretrained") for s in specs.values()):
+    if "pretrain" in args.tables or any(s.get("pretrained") for s in specs.values()):
         pre = [cache[f"{bench}{pre_key}/seed{s}"] for s in range(args.seeds)]
         loss = [p["loss_last20"] for p in pre]
         lines += ["", f"pretraining ({pre_key.split('/', 1)[1]}, tube 90 %): "
