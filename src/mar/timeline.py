@@ -15,6 +15,7 @@ average of ``smooth`` windows).
 
 from __future__ import annotations
 
+import bisect
 import csv
 import io
 import json
@@ -289,10 +290,12 @@ def render_timeline(timeline: Timeline, out: str | Path, label, height: int = 36
         raise ValueError(f"{out}: expected one of {', '.join(CONTAINERS)}")
     top = [t[0] for t in timeline.top(1)]
 
+    mids = [(s + e) / 2 for s, e in zip(timeline.starts, timeline.ends, strict=True)]
+
     def caption(t: float) -> str:
-        # the window whose centre is nearest t
-        mids = [(s + e) / 2 for s, e in zip(timeline.starts, timeline.ends, strict=True)]
-        k = min(range(len(mids)), key=lambda i: abs(mids[i] - t))
+        # the window whose centre is nearest t (centres ascend: a bisection, not a scan)
+        i = bisect.bisect_left(mids, t)
+        k = min((j for j in (i - 1, i) if 0 <= j < len(mids)), key=lambda j: abs(mids[j] - t))
         c, p = top[k]
         return f"{t:6.1f}s  {label(c)}  {p:.0%}"
 
