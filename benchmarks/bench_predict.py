@@ -11,11 +11,16 @@ frames the same indices name (iterating the stream, as the model card's
 ``read_video_pyav``), prepares them with ``VideoMAEImageProcessor`` and runs the model;
 the report gives the top-1 agreement of the full-token arms on these identical views.
 
+``--bf16`` adds the same arms in bf16 (``mar predict --dtype bf16``; the transformers way
+under ``torch.autocast("cpu", torch.bfloat16)``, which is what its user would write) and
+reports how far bf16 moves the probabilities from fp32: the precision is a user's choice,
+so the speed-ups are given at equal precision as well as against the model card's fp32.
+
 Videos: the shared test videos, plus longer ones made by concatenating them (written
 once into ``--work``). Start-up (``mar predict`` as a command, imports and model load
 included) is measured on its own.
 
-    python benchmarks/bench_predict.py --repeats 3
+    python benchmarks/bench_predict.py --repeats 3 [--bf16]
 """
 
 from __future__ import annotations
@@ -85,16 +90,25 @@ def setup(work: Path, tiny: bool):
     return hf, hf_dir, dirs
 
 
+def top5(result) -> dict[int, float]:
+    """class -> probability of the five most likely classes, from either kind of arm."""
+    if isinstance(result, np.ndarray):
+        order = np.argsort(result)[::-1][:5]
+        return {int(c): float(result[c]) for c in order}
+    return dict(zip(result.classes[:5], result.probs[:5], strict=True))
+
+
 SETTINGS = ["data.sampling=dense", "data.stride=4", "data.test_clips=1", "data.test_crops=1",
             "data.num_frames=16"]
 
 
-def transformers_way(hf, processor, videos: list[Path], indices_of) -> list[np.ndarray]:
+def transformers_way(hf, processor, videos: list[Path], indices_of,
+                     bf16: bool = False) -> list[np.ndarray]:
     """The model card's way: decode the sampled frames with PyAV, process, classify."""
     import av
 
     out = []
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
         for path in videos:
             with av.open(str(path)) as container:
                 stream = container.streams.video[0]
@@ -109,7 +123,7 @@ def transformers_way(hf, processor, videos: list[Path], indices_of) -> list[np.n
                         frames[i] = frame.to_ndarray(format="rgb24")
             clip = [frames.get(i, frames[max(frames)]) for i in indices]
             inputs = processor(clip, return_tensors="pt")
-            out.append(hf(**inputs).logits.softmax(-1)[0].numpy())
+            out.append(hf(**inputs).logits.float().softmax(-1)[0].numpy())
     return out
 
 
@@ -122,6 +136,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="their length")
     parser.add_argument("--workers", type=int, help="mar predict --workers (default: its own)")
     parser.add_argument("--tiny", action="store_true", help="a 2-block model (tests)")
+    parser.add_argument("--bf16", action="store_true", help="add the bf16 arms")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
@@ -147,16 +162,17 @@ def main() -> None:
         return sampling.indices(total, train=False)
 
     models = {name: load_run(d, None, SETTINGS) for name, d in dirs.items()}
-    arms = {
-        "mar predict, MAR 50 %": lambda: predict(*models["mar50"], videos,
-                                                 models["mar50"][1].test_masking(),
-                                                 workers=args.workers),
-        "mar predict, full tokens": lambda: predict(*models["full"], videos,
-                                                    models["full"][1].test_masking(),
-                                                    workers=args.workers),
-        "transformers (model card: PyAV + VideoMAEImageProcessor)":
-            lambda: transformers_way(hf, processor, videos, indices_of),
-    }
+    hf_name = "transformers (model card: PyAV + VideoMAEImageProcessor)"
+    arms = {}
+    for dtype in ("fp32", "bf16") if args.bf16 else ("fp32",):
+        tag = "" if dtype == "fp32" else ", bf16"
+        for name, label in (("mar50", "MAR 50 %"), ("full", "full tokens")):
+            arms[f"mar predict, {label}{tag}"] = (
+                lambda name=name, dtype=dtype: predict(*models[name], videos,
+                                                       models[name][1].test_masking(),
+                                                       workers=args.workers, dtype=dtype))
+        arms[hf_name + tag] = (lambda dtype=dtype: transformers_way(
+            hf, processor, videos, indices_of, bf16=dtype == "bf16"))
     times: dict[str, list[float]] = {a: [] for a in arms}
     results = {}
     for r in range(args.repeats):
@@ -169,8 +185,17 @@ def main() -> None:
             f"{times[a][-1]:.1f}s" for a in arms), flush=True)
 
     full = [p.classes[0] if p.classes else -1 for p in results["mar predict, full tokens"]]
-    theirs = [int(np.argmax(p)) for p in results[list(arms)[2]]]
+    theirs = [int(np.argmax(p)) for p in results[hf_name]]
     agree = sum(a == b for a, b in zip(full, theirs, strict=True))
+    bf16_lines = []
+    if args.bf16:  # how far bf16 moves each arm's top-5 probabilities from its fp32 run
+        for a in [a for a in arms if not a.endswith("bf16")]:
+            pairs = list(zip(map(top5, results[a]), map(top5, results[a + ", bf16"]),
+                             strict=True))
+            same = sum(max(x, key=x.get) == max(y, key=y.get) for x, y in pairs)
+            gap = max(abs(p - y.get(c, 0.0)) for x, y in pairs for c, p in x.items())
+            bf16_lines.append(f"{a}: bf16 top-1 equals fp32 on {same} of {len(videos)} "
+                              f"videos; largest change of a top-5 probability {gap:.4f}")
 
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     start = time.perf_counter()
@@ -184,18 +209,21 @@ def main() -> None:
     help_s = time.perf_counter() - start
 
     med = {a: statistics.median(t) for a, t in times.items()}
-    hf_name = list(arms)[2]
     frames = sum(1 for _ in videos)
     print(f"\n{frames} videos ({len(videos) - args.long} shared test videos + {args.long} of "
           f"{args.seconds:g} s at 640x360), 1 view each, {'tiny' if args.tiny else 'ViT-B/16'}"
           f", CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} "
           f"threads), torch {torch.__version__}, median of {args.repeats}\n")
-    print("| arm | median s | videos/s | speed-up vs transformers |")
-    print("|---|--:|--:|--:|")
+    print("| arm | median s | videos/s | speed-up vs transformers fp32 | at equal precision |")
+    print("|---|--:|--:|--:|--:|")
     for a in arms:
-        print(f"| {a} | {med[a]:.2f} | {len(videos) / med[a]:.2f} | {med[hf_name] / med[a]:.2f}x |")
+        same = hf_name + (", bf16" if a.endswith("bf16") else "")
+        print(f"| {a} | {med[a]:.2f} | {len(videos) / med[a]:.2f} | "
+              f"{med[hf_name] / med[a]:.2f}x | {med[same] / med[a]:.2f}x |")
     print(f"\nfull-token top-1 agreement with transformers on the same views: {agree} of "
           f"{len(videos)}")
+    for line in bf16_lines:
+        print(line)
     print(f"start-up: `mar predict` of one video as a command {command:.1f} s; "
           f"`mar --help` {help_s:.2f} s")
     if args.json:
