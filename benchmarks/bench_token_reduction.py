@@ -18,7 +18,7 @@ merges the constant r per block whose GFLOPs are nearest the cell running mask's
 budget (its token count shrinks block by block, so FLOPs are the fair match).
 
     python benchmarks/bench_token_reduction.py --out bench-reduce            # synthetic
-    python benchmarks/bench_token_reduction.py --data DIR --size 64 --frames 16
+    python benchmarks/bench_token_reduction.py --data DIR --size 64 --frames 16 --patch 8
 
 ``--data`` is any folder with ``train.csv``, ``val.csv`` and ``classes.txt`` as written
 by ``mar data synth`` (default: the synthetic benchmark, built under ``--out``). Trained
@@ -161,6 +161,9 @@ def main() -> None:
     parser.add_argument("--out", default="bench-reduce")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--patch", type=int, default=16,
+                        help="patch size (8 at 64^2: the 8 x 8 token grid of the natural "
+                        "benchmark)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0,
                         help="train seeds first-seed .. first-seed + seeds - 1 (several "
@@ -176,7 +179,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     demo = DemoConfig(out=str(out), epochs=args.epochs, size=args.size,
-                      num_frames=args.frames)
+                      num_frames=args.frames, patch_size=args.patch)
     data = Path(args.data) if args.data else out / "data"
     if args.data is None:
         synthesize(data, SynthConfig(num_frames=demo.num_frames, size=demo.size,

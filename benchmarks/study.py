@@ -29,13 +29,14 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from mar.atomic import write_text
 from mar.config import Config, build_config, config_tree
 from mar.data import read_class_names
 from mar.data.synth import SynthConfig, synthesize
-from mar.demo import DemoConfig, run_config
+from mar.demo import DemoConfig, pretrain_config, pretrain_summary, run_config
 from mar.engine.distributed import init_distributed
 from mar.engine.evaluate import run_eval
 from mar.engine.trainer import train
@@ -129,52 +130,16 @@ def study_config(demo: DemoConfig, data: Path, overrides: dict) -> Config:
     return build_config(tree, {"model.num_classes": classes, **overrides}, where="study")
 
 
-def pretrain_config(demo: DemoConfig, data: Path, **overrides) -> Config:
-    """Reconstruction only (`mar pretrain`): VideoMAE's tube 90 % unless overridden."""
-    return study_config(demo, data, {"train.task": "pretrain", "masking.name": "tube",
-                                     "masking.ratio": 0.9, "eval_masking": None,
-                                     "train.rec_weight": 1.0, "train.keep_last": 1,
-                                     **overrides})
-
-
 def pretrain(demo: DemoConfig, data: Path, seed: int, epochs: int, out: Path,
              overrides: dict | None = None) -> dict:
-    """A `mar pretrain` run on the training videos; also the reconstruction loss over its
-    last 20 % of steps and the trivial predictor's (:func:`trivial_loss`)."""
-    cfg = pretrain_config(demo, data, **{"train.epochs": epochs, "train.eval_every": epochs,
-                                         "train.seed": seed, **(overrides or {})})
+    """A `mar pretrain` run on the training videos (the `mar demo` pretraining); also the
+    reconstruction loss over its last 20 % of steps and the trivial predictor's."""
+    cfg = pretrain_config(replace(demo, pretrain_epochs=epochs), data,
+                          **{"train.seed": seed, **(overrides or {})})
     settings = "".join(f",{k}={v}" for k, v in sorted((overrides or {}).items()))
     run_dir = out / "pretrain" / f"seed{seed}-epochs{epochs}{settings}"
     summary = train(cfg, run_dir, overwrite=True)
-    last = sorted(run_dir.glob("checkpoint-*"))[-1]
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
-    losses = [(r["step"], r["loss"]) for r in rows if "clips_per_s" in r]
-    final = [v for step, v in losses if step > 0.8 * losses[-1][0]]
-    return {"dir": str(last), "train_s": summary["wall_time_s"],
-            "loss_last20": statistics.mean(final), "trivial_loss": trivial_loss(cfg)}
-
-
-def trivial_loss(cfg: Config, clips: int = 64) -> float:
-    """The reconstruction loss of the best predictor that sees no visible patch, over the
-    patches of ``clips`` training clips. Per-patch normalized targets (the default) have
-    mean 0, so that predictor says 0 and its loss is their mean square: (n-1)/n for n
-    pixels per patch and channel (the unbiased std), a little less where patches are flat.
-    Raw pixel targets are best guessed by their mean over the set; the loss is their
-    variance."""
-    import torch
-
-    from mar.models import reconstruction_target
-
-    m = cfg.model
-    loader = torch.utils.data.DataLoader(cfg.dataset("train"), batch_size=8)
-    targets = []
-    for batch in loader:
-        targets.append(reconstruction_target(batch["video"], m.patch_size, m.tubelet_size,
-                                             m.pixel_mean, m.pixel_std, m.norm_target))
-        if 8 * len(targets) >= clips:
-            break
-    t = torch.cat(targets).flatten(0, 1)
-    return ((t - (0 if m.norm_target else t.mean(0))) ** 2).mean().item()
+    return {**pretrain_summary(cfg, run_dir), "train_s": summary["wall_time_s"]}
 
 
 def run_one(demo: DemoConfig, data: Path, spec: dict, seed: int, out: Path,
@@ -183,7 +148,7 @@ def run_one(demo: DemoConfig, data: Path, spec: dict, seed: int, out: Path,
     if init:
         overrides["train.init"] = init
     cfg = study_config(demo, data, overrides)
-    run_dir = out / "work"
+    run_dir = out / "work" / f"seed{seed}"
     summary = train(cfg, run_dir, overwrite=True)
     from mar.inference import load_run
 
@@ -212,12 +177,17 @@ def main() -> None:
                         help="the embedded benchmark (docs/natural_benchmark.md)")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--patch", type=int, default=16)
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="run seeds first-seed .. first-seed + seeds - 1 (several "
+                        "processes may share --out, one seed range each)")
     parser.add_argument("--out", default="study")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     demo = DemoConfig(out=str(out), epochs=args.epochs, size=args.size,
-                      patch_size=args.patch)
+                      patch_size=args.patch, num_frames=args.frames)
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
     data = out / "data"
     synthesize(data, SynthConfig(num_frames=demo.num_frames, size=demo.size,
                                  per_class_train=demo.per_class_train,
@@ -230,6 +200,8 @@ def main() -> None:
     # the cache knows the benchmark and the pretraining it was made with
     bench = "" if (args.kind, args.size, args.patch) == ("shapes", 64, 16) else \
         f"{args.kind}{args.size}p{args.patch}/"
+    if args.frames != 16:
+        bench = f"{bench.rstrip('/') or args.kind}f{args.frames}/"
     pre_key = f"pretrain/epochs{args.pretrain_epochs}" + "".join(
         f",{k}={v}" for k, v in sorted(pre_set.items()))
 
@@ -237,7 +209,9 @@ def main() -> None:
         pre = f"/{pre_key}" if spec.get("pretrained") else ""
         return f"{bench}{spec.get('same_as', name)}/seed{seed}/epochs{args.epochs}{pre}"
 
-    def save() -> None:
+    def save() -> None:  # other processes (--first-seed) may have added their runs
+        on_disk = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+        cache.update({k: v for k, v in on_disk.items() if k not in cache})
         write_text(cache_file, json.dumps(cache, indent=1))
 
     def pretrained(seed: int) -> dict:
@@ -251,10 +225,10 @@ def main() -> None:
 
     start = time.perf_counter()
     if "pretrain" in args.tables:
-        for seed in range(args.seeds):
+        for seed in seeds:
             pretrained(seed)
     for name, spec in specs.items():
-        for seed in range(args.seeds):
+        for seed in seeds:
             k = key(name, spec, seed)
             if k in cache:
                 continue
@@ -270,7 +244,7 @@ def main() -> None:
              "|---|--:|--:|--:|--:|"]
     rows, points = [], []
     for name, spec in specs.items():
-        runs = [cache[key(name, spec, s)] for s in range(args.seeds)]
+        runs = [cache[key(name, spec, s)] for s in seeds]
         for ratio in spec.get("report", spec["test_ratios"]):
             accs = [r["top1"][str(ratio)] for r in runs]
             std = statistics.stdev(accs) if len(accs) > 1 else 0.0
@@ -281,7 +255,7 @@ def main() -> None:
         if "gflops" in spec:
             points.append((name.split("/")[-1], gflops(demo, spec, num_classes), accs))
     if "pretrain" in args.tables or any(s.get("pretrained") for s in specs.values()):
-        pre = [cache[f"{bench}{pre_key}/seed{s}"] for s in range(args.seeds)]
+        pre = [cache[f"{bench}{pre_key}/seed{s}"] for s in seeds]
         loss = [p["loss_last20"] for p in pre]
         lines += ["", f"pretraining ({pre_key.split('/', 1)[1]}, tube 90 %): "
                   f"{statistics.mean(p['train_s'] for p in pre):.0f} s per seed, not "

@@ -4,6 +4,7 @@ and the demo end to end at a shrunken size."""
 import json
 import re
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,13 +182,38 @@ def test_one_frame_does_not_tell_the_class_but_the_clip_does():
 
 
 def test_demo_end_to_end_at_a_tiny_scale(tmp_path):
-    rows = run_demo(DemoConfig(out=str(tmp_path), size=32, num_frames=8, patch_size=8,
-                               per_class_train=2, per_class_val=1, epochs=1, batch_size=8))
-    assert set(rows) == {"standard", "MAR"}
+    """Pretraining, then both arms from its encoder, on the natural benchmark (shrunk)."""
+    rows = run_demo(DemoConfig(out=str(tmp_path), size=32, per_class_train=2,
+                               per_class_val=1, pretrain_epochs=1, epochs=1, batch_size=8))
+    assert set(rows) == {"standard", "MAR", "pretraining"}
     assert rows["MAR"]["gflops"] < rows["standard"]["gflops"]
     assert [r for r, _, _ in rows["MAR"]["ratios"]] == [0.0, 0.25, 0.5, 0.75]
+    pre = rows["pretraining"]
+    assert Path(pre["dir"]).parent == tmp_path / "pretrain"
+    assert 0.9 < pre["trivial_loss"] < 1.0 and pre["loss_last20"] > 0
+    for arm in ("standard", "MAR"):  # both arms start from the pretrained encoder
+        assert "task: finetune" in (tmp_path / arm / "config.yaml").read_text()
+        assert f"init: {pre['dir']}" in (tmp_path / arm / "config.yaml").read_text()
     for name in ("accuracy_vs_gflops.png", "reconstruction.png", "reconstruction.mp4",
-                 "demo.json"):
+                 "pretrain_reconstruction.png", "pretrain_reconstruction.mp4", "demo.json"):
         assert (tmp_path / name).is_file(), name
     assert json.loads((tmp_path / "demo.json").read_text())["MAR"]["top1"] == \
         pytest.approx(rows["MAR"]["top1"])
+
+
+def test_demo_cli_full_and_from_scratch(tmp_path, monkeypatch):
+    """`mar demo` options reach the run: --full sets the longer budget, explicit values
+    win over it, --pretrain-epochs 0 fine-tunes from random weights."""
+    from mar import cli, demo
+
+    seen = []
+    monkeypatch.setattr(demo, "run_demo", seen.append)
+    assert cli.main(["demo", "--out", str(tmp_path), "--full"]) == 0
+    assert (seen[-1].pretrain_epochs, seen[-1].epochs) == (demo.FULL["pretrain_epochs"],
+                                                           demo.FULL["epochs"])
+    assert cli.main(["demo", "--out", str(tmp_path), "--full", "--epochs", "3"]) == 0
+    assert (seen[-1].pretrain_epochs, seen[-1].epochs) == (demo.FULL["pretrain_epochs"], 3)
+    assert cli.main(["demo", "--out", str(tmp_path), "--kind", "shapes",
+                     "--pretrain-epochs", "0"]) == 0
+    assert (seen[-1].kind, seen[-1].pretrain_epochs, seen[-1].epochs) == (
+        "shapes", 0, DemoConfig.epochs)

@@ -398,13 +398,15 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import DemoConfig, run_demo
+    from .demo import FULL, DemoConfig, run_demo
 
-    run_demo(DemoConfig(out=args.out, data=args.data, model=args.model, size=args.size,
-                        num_frames=args.frames, patch_size=args.patch_size,
+    budget = {k: getattr(args, k) if getattr(args, k) is not None
+              else FULL[k] if args.full else getattr(DemoConfig, k) for k in FULL}
+    run_demo(DemoConfig(out=args.out, data=args.data, kind=args.kind, model=args.model,
+                        size=args.size, num_frames=args.frames, patch_size=args.patch_size,
                         per_class_train=args.per_class, per_class_val=args.per_class_val,
-                        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                        seed=args.seed, workers=args.workers))
+                        batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                        workers=args.workers, **budget))
     return 0
 
 
@@ -472,12 +474,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reduce_args(p)
     p.set_defaults(func=cmd_eval)
 
-    from .demo import DemoConfig
+    from .demo import FULL, DemoConfig
 
     d = DemoConfig()
-    p = sub.add_parser("demo", help="MAR vs standard training on synthetic videos, on a CPU")
+    p = sub.add_parser("demo", help="pretraining, then MAR vs standard training, on "
+                       "synthetic videos, on a CPU")
     p.add_argument("--out", default=d.out, help="output folder (default: %(default)s)")
     p.add_argument("--data", help="where the synthetic videos are cached (default: OUT/data)")
+    p.add_argument("--kind", choices=("natural", "shapes"), default=d.kind,
+                   help="the benchmark: motion over photographs, or drawn shapes "
+                   "(default: %(default)s)")
     p.add_argument("--model", default=d.model)
     p.add_argument("--size", type=int, default=d.size, help="frame size in pixels")
     p.add_argument("--frames", type=int, default=d.num_frames)
@@ -485,7 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class", type=int, default=d.per_class_train,
                    help="training videos per class")
     p.add_argument("--per-class-val", type=int, default=d.per_class_val)
-    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--pretrain-epochs", type=int, default=None,
+                   help=f"`mar pretrain` epochs before fine-tuning, 0: from random weights "
+                   f"(default: {d.pretrain_epochs}, --full: {FULL['pretrain_epochs']})")
+    p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs of each "
+                   f"arm (default: {d.epochs}, --full: {FULL['epochs']})")
+    p.add_argument("--full", action="store_true",
+                   help="the longer run: one seed of the study's Fig. 1 budget")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--seed", type=int, default=d.seed)

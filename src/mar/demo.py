@@ -1,15 +1,22 @@
-"""``mar demo``: MAR against standard training on the synthetic benchmark, on a laptop.
+"""``mar demo``: the paper's story on a laptop, on the natural benchmark.
 
-1. synthesize the dataset (cached); 2. fine-tune a tiny ViT twice with the same budget:
-standard training (all tokens, linear head) and MAR (cell running 50 %, bridging
-classifier, reconstruction branch); 3. evaluate both, also at other test ratios; 4.
-print a table (top-1, GFLOPs per view, clips/s, training time) and save an
-accuracy-vs-GFLOPs plot (paper Fig. 1) and a reconstruction picture (Fig. 6).
+1. synthesize the benchmark (cached; ``kind="natural"``: camera and object motion over real
+photographs, docs/natural_benchmark.md); 2. pretrain a tiny ViT on its unlabelled training
+videos as VideoMAE does (`mar pretrain`: tube masking 90 %, normalized-pixel
+reconstruction); 3. fine-tune that encoder twice with the same budget: standard training
+(all tokens, linear head) and MAR (cell running 50 %, bridging classifier, reconstruction
+branch); 4. evaluate both, MAR also at other test ratios; 5. print a table (top-1,
+GFLOPs per view, clips/s, training time) and save an accuracy-vs-GFLOPs plot (paper Fig.
+1) and reconstruction pictures (Fig. 6; the pretrained model's at tube 90 % too).
+
+``pretrain_epochs=0`` fine-tunes from random weights; ``kind="shapes"`` runs on the first
+benchmark (drawn shapes). :data:`FULL` is the longer run of ``mar demo --full``.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,26 +30,34 @@ if TYPE_CHECKING:  # imported where used: `mar --help` reads DemoConfig without 
 class DemoConfig:
     out: str = "mar-demo"
     data: str | None = None  # default: <out>/data
+    kind: str = "natural"
     model: str = "vit_nano"
     size: int = 64
-    num_frames: int = 16
-    patch_size: int = 16
+    num_frames: int = 8
+    patch_size: int = 8  # 8 x 8 tokens per frame at 64^2
     per_class_train: int = 40
     per_class_val: int = 12
-    epochs: int = 50
+    pretrain_epochs: int = 20
+    epochs: int = 20
     batch_size: int = 16
     lr: float = 1e-3
     seed: int = 0
     workers: int = 0
 
 
-def run_config(demo: DemoConfig, data: Path, mar: bool) -> Config:
-    """The fine-tuning config of one arm of the comparison."""
+# `mar demo --full`: the budget of one seed of the study's Fig. 1 (docs/results.md)
+FULL = {"pretrain_epochs": 100, "epochs": 30}
+
+
+def run_config(demo: DemoConfig, data: Path, mar: bool, init: str | None = None) -> Config:
+    """The fine-tuning config of one arm of the comparison (``init``: a pretrained run's
+    checkpoint to start from)."""
     from .config import build_config
-    from .data.synth import CLASSES
+    from .data import read_class_names
 
     common = {
-        "model.name": demo.model, "model.num_classes": len(CLASSES),
+        "model.name": demo.model,
+        "model.num_classes": len(read_class_names(data / "classes.txt")),
         "model.num_frames": demo.num_frames, "model.img_size": demo.size,
         "model.patch_size": demo.patch_size, "model.head_dropout": 0.0,
         "data.root": str(data), "data.train_list": str(data / "train.csv"),
@@ -57,13 +72,63 @@ def run_config(demo: DemoConfig, data: Path, mar: bool) -> Config:
         "train.epochs": demo.epochs, "train.batch_size": demo.batch_size,
         "train.base_lr": demo.lr, "train.lr_scaling": False, "train.warmup_epochs": 2,
         "train.min_lr": demo.lr / 20, "train.layer_decay": 1.0, "train.seed": demo.seed,
-        "train.eval_every": demo.epochs, "train.device": "cpu", "eval.batch_size": 32,
+        "train.eval_every": demo.epochs, "train.device": "cpu", "train.init": init,
+        "eval.batch_size": 32,
     }
     arm = ({"model.head": "bridging", "masking.name": "cell_running", "masking.ratio": 0.5,
             "train.rec_weight": 0.1} if mar else
            {"model.head": "linear", "masking.name": "none", "masking.ratio": 0.0,
             "train.rec_weight": 0.0})
     return build_config({}, {**common, **arm}, where="mar demo")
+
+
+def pretrain_config(demo: DemoConfig, data: Path, **overrides) -> Config:
+    """`mar pretrain` on the training videos (their labels unused): the fine-tuning
+    setting with VideoMAE's tube masking at 90 % and reconstruction only, for
+    ``demo.pretrain_epochs`` epochs; ``overrides`` (dotted keys) last."""
+    from .config import build_config, config_tree
+
+    tree = config_tree(run_config(demo, data, mar=True))
+    return build_config(tree, {"train.task": "pretrain", "masking.name": "tube",
+                               "masking.ratio": 0.9, "eval_masking": None,
+                               "train.rec_weight": 1.0, "train.keep_last": 1,
+                               "train.epochs": demo.pretrain_epochs,
+                               "train.eval_every": demo.pretrain_epochs, **overrides},
+                        where="mar demo pretraining")
+
+
+def pretrain_summary(cfg: Config, run_dir: Path) -> dict:
+    """What a finished pretraining run learned: its newest checkpoint, the reconstruction
+    loss over its last 20 % of steps (mean of the logged batch losses) and the trivial
+    predictor's on the same kind of clips (:func:`trivial_loss`)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    losses = [(r["step"], r["loss"]) for r in rows if "clips_per_s" in r]
+    final = [v for step, v in losses if step > 0.8 * losses[-1][0]]
+    return {"dir": str(sorted(run_dir.glob("checkpoint-*"))[-1]),
+            "loss_last20": statistics.mean(final), "trivial_loss": trivial_loss(cfg)}
+
+
+def trivial_loss(cfg: Config, clips: int = 64) -> float:
+    """The reconstruction loss of the best predictor that sees no visible patch, over the
+    patches of ``clips`` training clips. Per-patch normalized targets (the default) have
+    mean 0, so that predictor says 0 and its loss is their mean square: (n-1)/n for n
+    pixels per patch and channel (the unbiased std), a little less where patches are flat.
+    Raw pixel targets are best guessed by their mean over the set; the loss is their
+    variance."""
+    import torch
+
+    from .models import reconstruction_target
+
+    m = cfg.model
+    loader = torch.utils.data.DataLoader(cfg.dataset("train"), batch_size=8)
+    targets = []
+    for batch in loader:
+        targets.append(reconstruction_target(batch["video"], m.patch_size, m.tubelet_size,
+                                             m.pixel_mean, m.pixel_std, m.norm_target))
+        if 8 * len(targets) >= clips:
+            break
+    t = torch.cat(targets).flatten(0, 1)
+    return ((t - (0 if m.norm_target else t.mean(0))) ** 2).mean().item()
 
 
 def clips_per_second(model, masking, grid_batch: int = 16, repeats: int = 3) -> float:
@@ -91,7 +156,7 @@ def run_demo(demo: DemoConfig = DemoConfig()) -> dict:
     from rich.table import Table
     from tqdm import tqdm
 
-    from .data.synth import CLASSES, SynthConfig, synthesize
+    from .data.synth import SynthConfig, class_names, synthesize
     from .engine.distributed import init_distributed
     from .engine.evaluate import run_eval
     from .engine.trainer import train
@@ -100,26 +165,40 @@ def run_demo(demo: DemoConfig = DemoConfig()) -> dict:
     from .masking import make_masking
 
     console = Console()
+    start = time.perf_counter()
     out = Path(demo.out)
     out.mkdir(parents=True, exist_ok=True)
     data = Path(demo.data) if demo.data else out / "data"
     synth = SynthConfig(num_frames=demo.num_frames, size=demo.size,
                         per_class_train=demo.per_class_train,
-                        per_class_val=demo.per_class_val, seed=demo.seed)
-    total = len(CLASSES) * (synth.per_class_train + synth.per_class_val)
-    with tqdm(total=total, desc="synthesizing videos", dynamic_ncols=True) as bar:
+                        per_class_val=demo.per_class_val, seed=demo.seed, kind=demo.kind)
+    classes = len(class_names(demo.kind))
+    with tqdm(total=classes * (synth.per_class_train + synth.per_class_val),
+              desc="synthesizing videos", dynamic_ncols=True) as bar:
         made = synthesize(data, synth, progress=bar.update)
-    console.print(f"dataset: {data} ({len(CLASSES)} classes, "
-                  f"{len(CLASSES) * synth.per_class_train} train / "
-                  f"{len(CLASSES) * synth.per_class_val} val videos"
+    console.print(f"dataset: {data} ({demo.kind}, {classes} classes, "
+                  f"{classes * synth.per_class_train} train / "
+                  f"{classes * synth.per_class_val} val videos"
                   f"{', cached' if made['cached'] else ''})")
     info = init_distributed("cpu")
+    pre, init = None, None
+    if demo.pretrain_epochs:
+        console.rule("pretraining (mar pretrain): tube masking 90 %, reconstruction only, "
+                     "labels unused")
+        cfg = pretrain_config(demo, data)
+        summary = train(cfg, out / "pretrain", overwrite=True)
+        pre = {**pretrain_summary(cfg, out / "pretrain"), "train_s": summary["wall_time_s"]}
+        init = pre["dir"]
+        console.print(f"reconstruction loss over the last 20 % of steps "
+                      f"{pre['loss_last20']:.4f}; predicting no pixel (zeros) gives "
+                      f"{pre['trivial_loss']:.4f}")
     rows = {}
     for name, mar in (("standard", False), ("MAR", True)):
-        cfg = run_config(demo, data, mar)
+        cfg = run_config(demo, data, mar, init)
         what = ("cell running 50 %, bridging, reconstruction" if mar
                 else "all tokens, linear head")
-        console.rule(f"{name}: {what}")
+        console.rule(f"{name}: {what}, from "
+                     + ("the pretrained encoder" if init else "random weights"))
         summary = train(cfg, out / name, overwrite=True)
         model, cfg = load_run(out / name / _last(out / name))
         rows[name] = {"top1": summary["test_video_top1"],
@@ -136,8 +215,11 @@ def run_demo(demo: DemoConfig = DemoConfig()) -> dict:
                               result.video_top1))
             rows[name]["ratios"] = curve
             mar_model, mar_cfg = model, cfg
-    table = Table(title="mar demo: standard training vs MAR, same budget "
-                  f"({demo.epochs} epochs, {demo.model}, {demo.num_frames}x{demo.size}^2)")
+    start_from = (f"from one pretrained encoder ({demo.pretrain_epochs} pretraining epochs)"
+                  if init else "from random weights")
+    table = Table(title=f"mar demo: standard training vs MAR, {start_from}, same budget "
+                  f"({demo.epochs} epochs, {demo.model}, {demo.num_frames}x{demo.size}^2, "
+                  f"patch {demo.patch_size}, {demo.kind} benchmark)")
     for col in ("", "top-1 %", "GFLOPs/view", "clips/s (inference)", "train time s",
                 "params M"):
         table.add_column(col, justify="right")
@@ -145,12 +227,18 @@ def run_demo(demo: DemoConfig = DemoConfig()) -> dict:
         table.add_row(name, f"{r['top1']:.1f}", f"{r['gflops']:.3f}", f"{r['clips_s']:.0f}",
                       f"{r['train_s']:.0f}", f"{r['params_m']:.2f}")
     console.print(table)
-    console.print(f"chance is {100 / len(CLASSES):.1f} %. MAR tested at other ratios: " +
+    console.print(f"chance is {100 / classes:.1f} %. MAR tested at other ratios: " +
                   ", ".join(f"{int(100 * r)}% -> {a:.1f} %" for r, _, a in rows["MAR"]["ratios"]))
-    plot = _plot(rows, out / "accuracy_vs_gflops.png")
-    picture = _reconstruction(mar_model, mar_cfg, data, out)
+    pictures = [_plot(rows, out / "accuracy_vs_gflops.png", demo.kind),
+                _reconstruction(mar_model, mar_cfg, data, out / "reconstruction")]
+    if pre:
+        model, cfg = load_run(pre["dir"])
+        pictures.append(_reconstruction(model, cfg, data, out / "pretrain_reconstruction",
+                                        make_masking("tube", 0.9)))
+        rows["pretraining"] = pre
     (out / "demo.json").write_text(json.dumps(rows, indent=1))
-    console.print(f"wrote {plot}, {picture} and {out / 'demo.json'}")
+    console.print(f"wrote {', '.join(str(p) for p in pictures)} and {out / 'demo.json'} "
+                  f"({time.perf_counter() - start:.0f} s in all)")
     return rows
 
 
@@ -158,7 +246,7 @@ def _last(run: Path) -> str:
     return "best" if (run / "best").is_dir() else sorted(run.glob("checkpoint-*"))[-1].name
 
 
-def _plot(rows: dict, path: Path) -> Path:
+def _plot(rows: dict, path: Path, kind: str) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -176,7 +264,7 @@ def _plot(rows: dict, path: Path) -> Path:
                     fontsize=8)
     ax.set_xlabel("GFLOPs per view")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title("Accuracy vs. compute on the synthetic benchmark (cf. paper Fig. 1)",
+    ax.set_title(f"Accuracy vs. compute on the {kind} benchmark (cf. paper Fig. 1)",
                  fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -186,12 +274,13 @@ def _plot(rows: dict, path: Path) -> Path:
     return path
 
 
-def _reconstruction(model, cfg: Config, data: Path, out: Path) -> Path:
+def _reconstruction(model, cfg: Config, data: Path, stem: Path, masking=None) -> Path:
+    """Original, masked and reconstructed frames of the first validation clip (PNG and
+    MP4 at ``stem``), under ``masking`` (default: the model's test-time masking)."""
     from .data import read_list
     from .visualize import reconstruct, reconstruction_figure
 
     item = cfg.eval_dataset(read_list(data / "val.csv", data)[:1], 1, 1)[0]
-    mask = cfg.test_masking()(1, model.grid, train=False)
+    mask = (masking or cfg.test_masking())(1, model.grid, train=False)
     clips = reconstruct(model, item["video"][None], mask)
-    return reconstruction_figure(*clips, out / "reconstruction.png",
-                                 out / "reconstruction.mp4")[0]
+    return reconstruction_figure(*clips, stem.with_suffix(".png"), stem.with_suffix(".mp4"))[0]

@@ -30,7 +30,8 @@ def load_run(path: str | Path, config: str | Path | None = None,
     masking of its ``masking.json``; else, for bare weights, the defaults. The
     ``key.path=value`` overrides come last. The model
     gets a reconstruction decoder exactly when the weights hold one (training adds it
-    whenever lambda > 0), and the weights load strictly.
+    whenever lambda > 0), no classifier when it is a pretraining run's, and the weights
+    load strictly.
     """
     file = weights_file(path)
     folder = file.parent
@@ -48,7 +49,8 @@ def load_run(path: str | Path, config: str | Path | None = None,
     else:
         raise ConfigError(f"{path}: no config found beside the weights; pass --config "
                           "or key=value settings")
-    model_cfg = cfg.model.model_copy(update={"decoder": has_decoder(file)})
+    model_cfg = cfg.model.model_copy(update={"decoder": has_decoder(file)} | (
+        {"head": "none"} if cfg.train.task == "pretrain" else {}))  # as training built it
     model = model_cfg.build()
     load_weights(model, file)
     return model.eval(), cfg.model_copy(update={"model": model_cfg})
