@@ -95,8 +95,8 @@ def _load_photographs() -> list[np.ndarray]:
         from sklearn.datasets import load_sample_image
     except ImportError as err:
         raise ImportError(f"the natural benchmark needs scikit-image and scikit-learn, "
-                          f"whose wheels ship its photographs (pip install 'mar[natural]' "
-                          f"or pip install scikit-image scikit-learn): {err}") from err
+                          f"whose wheels ship its photographs (dependencies of mar: "
+                          f"pip install scikit-image scikit-learn): {err}") from err
     images = [getattr(skimage.data, name)() for name in SKIMAGE_IMAGES]
     images += [load_sample_image(name) for name in SKLEARN_IMAGES]
     images = [np.repeat(im[..., None], 3, 2) if im.ndim == 2 else im for im in images]
