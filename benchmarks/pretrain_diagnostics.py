@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--probe-epochs", type=int, default=15)
     args = parser.parse_args()
     out, seed = Path(args.out), args.seed
-    demo = DemoConfig(out=str(out), epochs=30)
+    demo = DemoConfig(out=str(out), epochs=30, num_frames=16, patch_size=16)  # as measured
     data = out / "data"
     work = out / "diagnostics"
     lines = []
