@@ -19,8 +19,11 @@ fine-tuning on all tokens with a linear head against MAR at 50 % and 75 %, plott
 accuracy against GFLOPs per view), ``pretrain`` (only the pretraining of each seed, its
 reconstruction loss against the trivial predictor's).
 
-    python benchmarks/study.py --kind natural --size 64 --patch 8 --tables Fig1 IXb \
-        --seeds 3 --epochs 30 --pretrain-epochs 40 --out study-natural
+    python benchmarks/study.py --kind natural --size 64 --patch 8 --frames 8 --tables Fig1 \
+        --seeds 3 --epochs 30 --pretrain-epochs 100 --out study-nat8
+
+(the run of docs/results.md; ``--seeds 1 --first-seed S`` runs one seed, and several such
+processes may share ``--out``; ``--set key=value`` changes every fine-tuning run.)
 """
 
 from __future__ import annotations
@@ -143,8 +146,8 @@ def pretrain(demo: DemoConfig, data: Path, seed: int, epochs: int, out: Path,
 
 
 def run_one(demo: DemoConfig, data: Path, spec: dict, seed: int, out: Path,
-            init: str | None = None) -> dict:
-    overrides = {**spec["overrides"], "train.seed": seed}
+            init: str | None = None, settings: dict | None = None) -> dict:
+    overrides = {**spec["overrides"], **(settings or {}), "train.seed": seed}
     if init:
         overrides["train.init"] = init
     cfg = study_config(demo, data, overrides)
@@ -173,6 +176,9 @@ def main() -> None:
                         help="length of the `mar pretrain` run behind Table IX(b) and Fig. 1")
     parser.add_argument("--pretrain-set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="settings of that pretraining, e.g. model.norm_target=false")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="settings of every fine-tuning run, e.g. train.layer_decay=0.75 "
+                        "(part of the cache key)")
     parser.add_argument("--kind", choices=("shapes", "natural"), default="shapes",
                         help="the embedded benchmark (docs/natural_benchmark.md)")
     parser.add_argument("--size", type=int, default=64)
@@ -197,6 +203,7 @@ def main() -> None:
     cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     specs = experiments(args.tables, args.ratios)
     pre_set = dict(a.split("=", 1) for a in args.pretrain_set)
+    ft_set = dict(a.split("=", 1) for a in args.set)
     # the cache knows the benchmark and the pretraining it was made with
     bench = "" if (args.kind, args.size, args.patch) == ("shapes", 64, 16) else \
         f"{args.kind}{args.size}p{args.patch}/"
@@ -207,7 +214,9 @@ def main() -> None:
 
     def key(name: str, spec: dict, seed: int) -> str:
         pre = f"/{pre_key}" if spec.get("pretrained") else ""
-        return f"{bench}{spec.get('same_as', name)}/seed{seed}/epochs{args.epochs}{pre}"
+        settings = "".join(f",{k}={v}" for k, v in sorted(ft_set.items()))
+        return (f"{bench}{spec.get('same_as', name)}/seed{seed}/epochs{args.epochs}"
+                f"{settings}{pre}")
 
     def save() -> None:  # other processes (--first-seed) may have added their runs
         on_disk = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
@@ -233,7 +242,7 @@ def main() -> None:
             if k in cache:
                 continue
             init = pretrained(seed)["dir"] if spec.get("pretrained") else None
-            cache[k] = run_one(demo, data, spec, seed, out, init)
+            cache[k] = run_one(demo, data, spec, seed, out, init, ft_set)
             save()
             print(f"{k}: {cache[k]['top1']} ({time.perf_counter() - start:.0f}s so far)",
                   flush=True)
