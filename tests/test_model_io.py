@@ -80,3 +80,25 @@ def test_mar_eval_uses_eval_masking(tiny_lists, tmp_path, capsys):
     # the run's own test top-1 (its summary) is the one `mar eval` reproduces
     summary = json.loads((run / "summary.json").read_text())
     assert results["own"][1]["video_top1"] == pytest.approx(summary["test_video_top1"])
+
+
+def test_a_decoder_of_another_size_is_refused_with_its_size(tmp_path):
+    """Fine-tuning from a pretraining run whose decoder differs from the config's: the
+    one-line error says what the checkpoint's decoder is, so the user can match it."""
+    from safetensors.torch import save_file
+
+    from mar.models.io import load_weights
+
+    wide = create_model(**KWARGS, head="none", decoder=True, decoder_dim=64, decoder_depth=2,
+                        decoder_heads=2)
+    save_file(wide.state_dict(), str(tmp_path / "model.safetensors"))
+    ours = create_model(**KWARGS, decoder=True)
+    with pytest.raises(ModelFileError, match="its decoder is 64 wide and 2 deep: set "
+                       "model.decoder_dim"):
+        load_weights(ours, tmp_path / "model.safetensors", allow_missing=("head.",),
+                     allow_unused=("decoder.",))
+    matched = create_model(**KWARGS, decoder=True, decoder_dim=64, decoder_depth=2,
+                           decoder_heads=2)
+    fresh = load_weights(matched, tmp_path / "model.safetensors", allow_missing=("head.",),
+                         allow_unused=("decoder.",))
+    assert fresh and all(k.startswith("head.") for k in fresh)

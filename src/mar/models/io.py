@@ -70,6 +70,7 @@ def load_weights(model: nn.Module, path: str | Path,
     """
     file = weights_file(path)
     state = load_file(str(file))
+    depth = len({k.split(".")[2] for k in state if k.startswith("decoder.blocks.")})
     own = model.state_dict()
     state = {k: v for k, v in state.items() if k in own or not k.startswith(allow_unused)}
     unexpected = sorted(set(state) - set(own))
@@ -84,6 +85,10 @@ def load_weights(model: nn.Module, path: str | Path,
         problems.append(f"unexpected {len(unexpected)} keys ({', '.join(unexpected[:3])}, ...)")
     if shapes:
         problems.append(f"shape mismatch: {'; '.join(shapes[:3])}")
+    if any(k.startswith("decoder.") for k in shapes) and "decoder.mask_token" in state:
+        problems.append(f"its decoder is {state['decoder.mask_token'].shape[-1]} wide and "
+                        f"{depth} deep: set model.decoder_dim, decoder_depth and "
+                        "decoder_heads to the checkpoint's")
     if problems:
         raise ModelFileError(f"{file}: does not fit the model: {'; '.join(problems)}")
     model.load_state_dict(state, strict=False)
