@@ -127,10 +127,14 @@ def gflops(demo: DemoConfig, spec: dict, num_classes: int) -> float:
 
 def study_config(demo: DemoConfig, data: Path, overrides: dict) -> Config:
     """The MAR setting of `mar demo` with ``overrides`` (dotted keys) applied, on the
-    benchmark at ``data`` (its own class count)."""
-    tree = config_tree(run_config(demo, data, mar=True))
-    classes = len(read_class_names(data / "classes.txt"))
-    return build_config(tree, {"model.num_classes": classes, **overrides}, where="study")
+    benchmark at ``data``."""
+    return build_config(config_tree(run_config(demo, data, mar=True)), overrides,
+                        where="study")
+
+
+def suffix(settings: dict) -> str:
+    """``settings`` as they appear in cache keys and run folders: ``,key=value`` each."""
+    return "".join(f",{k}={v}" for k, v in sorted(settings.items()))
 
 
 def pretrain(demo: DemoConfig, data: Path, seed: int, epochs: int, out: Path,
@@ -139,8 +143,7 @@ def pretrain(demo: DemoConfig, data: Path, seed: int, epochs: int, out: Path,
     reconstruction loss over its last 20 % of steps and the trivial predictor's."""
     cfg = pretrain_config(replace(demo, pretrain_epochs=epochs), data,
                           **{"train.seed": seed, **(overrides or {})})
-    settings = "".join(f",{k}={v}" for k, v in sorted((overrides or {}).items()))
-    run_dir = out / "pretrain" / f"seed{seed}-epochs{epochs}{settings}"
+    run_dir = out / "pretrain" / f"seed{seed}-epochs{epochs}{suffix(overrides or {})}"
     summary = train(cfg, run_dir, overwrite=True)
     return {**pretrain_summary(cfg, run_dir), "train_s": summary["wall_time_s"]}
 
@@ -209,14 +212,12 @@ def main() -> None:
         f"{args.kind}{args.size}p{args.patch}/"
     if args.frames != 16:
         bench = f"{bench.rstrip('/') or args.kind}f{args.frames}/"
-    pre_key = f"pretrain/epochs{args.pretrain_epochs}" + "".join(
-        f",{k}={v}" for k, v in sorted(pre_set.items()))
+    pre_key = f"pretrain/epochs{args.pretrain_epochs}{suffix(pre_set)}"
 
     def key(name: str, spec: dict, seed: int) -> str:
         pre = f"/{pre_key}" if spec.get("pretrained") else ""
-        settings = "".join(f",{k}={v}" for k, v in sorted(ft_set.items()))
         return (f"{bench}{spec.get('same_as', name)}/seed{seed}/epochs{args.epochs}"
-                f"{settings}{pre}")
+                f"{suffix(ft_set)}{pre}")
 
     def save() -> None:  # other processes (--first-seed) may have added their runs
         on_disk = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
