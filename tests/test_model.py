@@ -265,3 +265,29 @@ def test_pretraining_model_has_no_head_and_checkpointing_gives_same_gradients():
     mar_loss(model(video, mask), torch.tensor([0, 1]), rec_weight=1.0).total.backward()
     assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(grads, model.parameters(),
                                                                     strict=True))
+
+
+def test_xavier_init_is_videomae_pretraining_init():
+    """init="xavier": xavier-uniform linears in the encoder and decoder blocks and the
+    decoder head, zero biases, PyTorch's default for the patch embedding and decoder.proj
+    (VideoMAE's modeling_pretrain); the default keeps std 0.02 linears."""
+    kwargs = {"name": "vit_tiny", "num_frames": 4, "img_size": 32, "patch_size": 8,
+              "head": "none", "decoder": True}
+    torch.manual_seed(0)
+    xavier = create_model(**kwargs, init="xavier")
+    torch.manual_seed(0)
+    normal = create_model(**kwargs)
+    qkv = xavier.encoder.blocks[0].attn.qkv.weight                # 192 -> 576
+    bound = (6 / (192 + 576)) ** 0.5
+    assert qkv.abs().max() <= bound and qkv.abs().max() > 0.95 * bound
+    assert qkv.std().item() == pytest.approx(bound / 3**0.5, rel=0.05)
+    assert normal.encoder.blocks[0].attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    head = xavier.decoder.head.weight
+    assert head.abs().max() <= (6 / sum(head.shape)) ** 0.5
+    assert not xavier.encoder.blocks[0].mlp.fc1.bias.any()
+    assert torch.equal(xavier.encoder.patch_embed.proj.weight,    # same seed, same draw
+                       normal.encoder.patch_embed.proj.weight)
+    assert xavier.decoder.proj.weight.std() > 0.03                # kaiming-uniform default
+    assert xavier.decoder.mask_token.abs().max() <= 0.02
+    with pytest.raises(ValueError, match="unknown init"):
+        create_model(**kwargs, init="zeros")

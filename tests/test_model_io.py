@@ -102,3 +102,24 @@ def test_a_decoder_of_another_size_is_refused_with_its_size(tmp_path):
     fresh = load_weights(matched, tmp_path / "model.safetensors", allow_missing=("head.",),
                          allow_unused=("decoder.",))
     assert fresh and all(k.startswith("head.") for k in fresh)
+
+
+@pytest.mark.parametrize("head", ["bridging", "linear"])
+def test_a_loaded_model_computes_what_the_saved_one_did(tmp_path, head):
+    """load_model builds on the meta device and takes the file's tensors; the position
+    tables (not saved) are recomputed, so the outputs are the saved model's exactly."""
+    kwargs = {**KWARGS, "head": head, "head_pos_embed": head == "bridging",
+              "decoder": True}
+    torch.manual_seed(0)
+    model = create_model(**kwargs).eval()
+    save_model(model, kwargs, tmp_path / "m", masking=NONE)
+    loaded, _ = load_model(tmp_path / "m")
+    tensors = [*loaded.parameters(), *loaded.buffers()]
+    assert not any(t.is_meta for t in tensors)
+    assert all(p.requires_grad for p in loaded.parameters())
+    buffers = dict(model.named_buffers())
+    for name, value in loaded.named_buffers():
+        assert torch.equal(value, buffers[name]), name
+    video = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(video, None).logits, model(video, None).logits)

@@ -58,6 +58,9 @@ class ModelConfig(_Section):
     decoder_heads: int | None = Field(None, gt=0)
     decoder_mlp_ratio: float | None = Field(None, gt=0)
     norm_target: bool = True
+    # a fresh model's encoder and decoder init: VideoMAE fine-tunes from trunc_normal
+    # (std 0.02) and pretrains from xavier
+    init: Literal["trunc_normal", "xavier"] = "trunc_normal"
     pixel_mean: tuple[float, float, float] = IMAGENET_MEAN
     pixel_std: tuple[float, float, float] = IMAGENET_STD
 

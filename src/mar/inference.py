@@ -16,7 +16,7 @@ from .config import Config, ConfigError, build_config, load_config
 from .data.prepare import VIDEO_EXTENSIONS
 from .masking import Mask, MaskingStrategy, make_masking
 from .models import MAR
-from .models.io import has_decoder, load_weights, read_model_dir, weights_file
+from .models.io import empty_model, has_decoder, load_weights, read_model_dir, weights_file
 
 
 def load_run(path: str | Path, config: str | Path | None = None,
@@ -51,7 +51,7 @@ def load_run(path: str | Path, config: str | Path | None = None,
                           "or key=value settings")
     model_cfg = cfg.model.model_copy(update={"decoder": has_decoder(file)} | (
         {"head": "none"} if cfg.train.task == "pretrain" else {}))  # as training built it
-    model = model_cfg.build()
+    model = empty_model(model_cfg.build)
     load_weights(model, file)
     return model.eval(), cfg.model_copy(update={"model": model_cfg})
 

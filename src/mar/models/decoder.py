@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ..masking import Mask, gather_tokens
-from .layers import Block, init_vit_weights
+from .layers import Block, init_vit_weights, init_xavier
 from .patch_embed import sinusoid_table
 
 
@@ -21,7 +21,7 @@ class ReconstructionDecoder(nn.Module):
 
     def __init__(self, in_dim: int, num_tokens: int, out_dim: int, embed_dim: int = 384,
                  depth: int = 4, num_heads: int = 6, mlp_ratio: float = 4.0,
-                 norm_eps: float = 1e-6):
+                 norm_eps: float = 1e-6, init: str = "trunc_normal"):
         super().__init__()
         self.proj = nn.Linear(in_dim, embed_dim, bias=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -31,8 +31,13 @@ class ReconstructionDecoder(nn.Module):
                                     for _ in range(depth))
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.head = nn.Linear(embed_dim, out_dim)
-        self.apply(init_vit_weights)
-        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        if init == "xavier":  # VideoMAE pretraining: proj keeps PyTorch's default
+            self.blocks.apply(init_xavier)
+            init_xavier(self.head)
+            nn.init.trunc_normal_(self.mask_token, std=0.02, a=-0.02, b=0.02)
+        else:
+            self.apply(init_vit_weights)
+            nn.init.trunc_normal_(self.mask_token, std=0.02)
 
     def forward(self, x: Tensor, mask: Mask) -> Tensor:
         x = self.proj(x)                                     # (B, N_visible, Dd)

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..masking import Mask, gather_tokens
-from .layers import Block, init_vit_weights
+from .layers import Block, init_vit_weights, init_xavier
 from .patch_embed import PatchEmbed3D, sinusoid_table
 
 
@@ -24,7 +24,7 @@ class VideoEncoder(nn.Module):
                  tubelet_size: int = 2, in_chans: int = 3, embed_dim: int = 768,
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, drop_path_rate: float = 0.0, final_norm: bool = True,
-                 norm_eps: float = 1e-6):
+                 norm_eps: float = 1e-6, init: str = "trunc_normal"):
         super().__init__()
         self.embed_dim = embed_dim
         self.patch_embed = PatchEmbed3D(in_chans, embed_dim, patch_size, tubelet_size)
@@ -37,7 +37,9 @@ class VideoEncoder(nn.Module):
             for r in rates)
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps) if final_norm else nn.Identity()
         self.grad_checkpointing = False  # recompute block activations in backward
-        self.apply(init_vit_weights)
+        # init: "trunc_normal" (VideoMAE fine-tuning) or "xavier" (VideoMAE pretraining);
+        # the patch embedding keeps PyTorch's Conv3d default either way, as VideoMAE
+        self.apply(init_xavier if init == "xavier" else init_vit_weights)
 
     @property
     def num_tokens(self) -> int:

@@ -45,6 +45,7 @@ SIZES: dict[str, Size] = {
 }
 
 HEADS = ("bridging", "linear", "mlp", "none")
+INITS = ("trunc_normal", "xavier")  # VideoMAE's fine-tuning and pretraining inits
 
 
 def create_model(name: str = "vit_base", *, num_classes: int = 400, num_frames: int = 16,
@@ -58,7 +59,7 @@ def create_model(name: str = "vit_base", *, num_classes: int = 400, num_frames: 
                  head_mask_tokens: bool = False, decoder: bool = False,
                  decoder_dim: int | None = None, decoder_depth: int | None = None,
                  decoder_heads: int | None = None, decoder_mlp_ratio: float | None = None,
-                 norm_target: bool = True,
+                 norm_target: bool = True, init: str = "trunc_normal",
                  pixel_mean: tuple[float, ...] = IMAGENET_MEAN,
                  pixel_std: tuple[float, ...] = IMAGENET_STD) -> MAR:
     """Build a MAR model, e.g. ``create_model("vit_base", num_classes=174, head="bridging")``.
@@ -75,15 +76,21 @@ def create_model(name: str = "vit_base", *, num_classes: int = 400, num_frames: 
     so any shape can be built. A ``name`` outside the table is a label: it needs
     ``embed_dim``, ``depth`` and ``num_heads`` (and the decoder dims with ``decoder``);
     the MLP ratios default to 4 and the bridging head to 512 wide, 2 deep, 4 heads.
+
+    ``init`` initialises the encoder and decoder of a fresh model: ``trunc_normal``
+    (std 0.02 linears: VideoMAE's fine-tuning init) or ``xavier`` (VideoMAE's
+    pretraining init). Loaded or converted weights replace either.
     """
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; known: {', '.join(HEADS)}")
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; known: {', '.join(INITS)}")
     size = _size(name, embed_dim, depth, num_heads)
     dim = _pick(embed_dim, size.embed_dim)
     encoder = VideoEncoder(img_size, num_frames, patch_size, tubelet_size, in_chans, dim,
                            _pick(depth, size.depth), _pick(num_heads, size.num_heads),
                            _pick(mlp_ratio, size.mlp_ratio), drop_path_rate=drop_path,
-                           final_norm=final_norm)
+                           final_norm=final_norm, init=init)
     num_tokens = math.prod(encoder.grid)
     width = head_width or size.head_width
     hdepth = size.head_depth if head_depth is None else head_depth
@@ -106,7 +113,8 @@ def create_model(name: str = "vit_base", *, num_classes: int = 400, num_frames: 
             raise ValueError(f"model {name!r} is not in the size table: a decoder needs "
                              "decoder_dim, decoder_depth and decoder_heads")
         rec = ReconstructionDecoder(dim, num_tokens, in_chans * tubelet_size * patch_size**2,
-                                    *dec, _pick(decoder_mlp_ratio, size.decoder_mlp_ratio))
+                                    *dec, _pick(decoder_mlp_ratio, size.decoder_mlp_ratio),
+                                    init=init)
     return MAR(encoder, cls_head, rec, norm_target, pixel_mean, pixel_std)
 
 

@@ -10,15 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from ..masking import Mask, gather_tokens
-from .layers import Block
+from .layers import Block, init_xavier
 from .patch_embed import sinusoid_table
-
-
-def _xavier_init(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.xavier_uniform_(module.weight)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
 
 
 class LinearHead(nn.Module):
@@ -55,8 +48,8 @@ class MLPHead(nn.Module):
         self.norm = nn.LayerNorm(width, eps=norm_eps)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(width, num_classes)
-        self.mlp.apply(_xavier_init)
-        _xavier_init(self.head)
+        self.mlp.apply(init_xavier)
+        init_xavier(self.head)
 
     def forward(self, x: Tensor, mask: Mask | None = None) -> Tensor:
         x = self.mlp(self.proj(x).mean(1))
@@ -92,8 +85,8 @@ class BridgingHead(nn.Module):
         self.norm = nn.LayerNorm(width, eps=norm_eps)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(width, num_classes)
-        self.blocks.apply(_xavier_init)
-        _xavier_init(self.head)
+        self.blocks.apply(init_xavier)
+        init_xavier(self.head)
         if self.mask_token is not None:
             nn.init.trunc_normal_(self.mask_token, std=0.02)
 

@@ -23,6 +23,7 @@ from torch import nn
 from .. import atomic
 from .factory import create_model
 from .mar import MAR
+from .patch_embed import sinusoid_table
 
 WEIGHTS = "model.safetensors"
 MASKING = "masking.json"
@@ -91,8 +92,26 @@ def load_weights(model: nn.Module, path: str | Path,
                         "decoder_heads to the checkpoint's")
     if problems:
         raise ModelFileError(f"{file}: does not fit the model: {'; '.join(problems)}")
-    model.load_state_dict(state, strict=False)
+    if next(model.parameters()).is_meta:  # built by empty_model: take the file's tensors
+        if missing:
+            raise ValueError(f"a model built on the meta device needs every key; {file} "
+                             f"lacks {', '.join(missing[:3])}")
+        model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()},
+                              strict=False, assign=True)
+        for module in model.modules():  # the fixed tables are not saved: compute them
+            if isinstance(getattr(module, "pos_embed", None), torch.Tensor) \
+                    and module.pos_embed.is_meta:
+                module.pos_embed = sinusoid_table(*module.pos_embed.shape[1:])
+    else:
+        model.load_state_dict(state, strict=False)
     return missing
+
+
+def empty_model(build=create_model, /, **kwargs) -> MAR:
+    """``build(**kwargs)`` on the meta device: no memory and no init, for weights that
+    :func:`load_weights` is about to load in full (ViT-B: ~0.1 s instead of ~2 s)."""
+    with torch.device("meta"):
+        return build(**kwargs)
 
 
 def save_model(model: nn.Module, config: dict, path: str | Path, *, masking: dict,
@@ -146,7 +165,7 @@ def load_model(path: str | Path) -> tuple[MAR, dict]:
     """The model of a mar model directory, loaded strictly, and its config (eval mode)."""
     config, _ = read_model_dir(path)
     try:
-        model = create_model(**config)
+        model = empty_model(**config)
     except (TypeError, ValueError) as e:
         raise ModelFileError(f"{Path(path) / 'config.json'}: {e}") from None
     load_weights(model, path)

@@ -80,6 +80,14 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+def init_xavier(module: nn.Module) -> None:
+    """VideoMAE's *pretraining* init: xavier-uniform linears with zero bias."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
 def init_vit_weights(module: nn.Module) -> None:
     """VideoMAE's init: truncated normal (std 0.02) linears with zero bias, unit LayerNorms."""
     if isinstance(module, nn.Linear):
