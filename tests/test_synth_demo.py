@@ -190,6 +190,7 @@ def test_demo_end_to_end_at_a_tiny_scale(tmp_path):
     assert [r for r, _, _ in rows["MAR"]["ratios"]] == [0.0, 0.25, 0.5, 0.75]
     pre = rows["pretraining"]
     assert Path(pre["dir"]).parent == tmp_path / "pretrain"
+    assert "init: xavier" in (tmp_path / "pretrain" / "config.yaml").read_text()
     assert 0.9 < pre["trivial_loss"] < 1.0 and pre["loss_last20"] > 0
     for arm in ("standard", "MAR"):  # both arms start from the pretrained encoder
         assert "task: finetune" in (tmp_path / arm / "config.yaml").read_text()

@@ -84,12 +84,14 @@ def run_config(demo: DemoConfig, data: Path, mar: bool, init: str | None = None)
 
 def pretrain_config(demo: DemoConfig, data: Path, **overrides) -> Config:
     """`mar pretrain` on the training videos (their labels unused): the fine-tuning
-    setting with VideoMAE's tube masking at 90 % and reconstruction only, for
-    ``demo.pretrain_epochs`` epochs; ``overrides`` (dotted keys) last."""
+    setting with VideoMAE's tube masking at 90 %, its pretraining init (xavier) and
+    reconstruction only, for ``demo.pretrain_epochs`` epochs; ``overrides`` (dotted
+    keys) last."""
     from .config import build_config, config_tree
 
     tree = config_tree(run_config(demo, data, mar=True))
-    return build_config(tree, {"train.task": "pretrain", "masking.name": "tube",
+    return build_config(tree, {"train.task": "pretrain", "model.init": "xavier",
+                               "masking.name": "tube",
                                "masking.ratio": 0.9, "eval_masking": None,
                                "train.rec_weight": 1.0, "train.keep_last": 1,
                                "train.epochs": demo.pretrain_epochs,
