@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -53,3 +55,29 @@ def test_confusion_files(tmp_path):
     from PIL import Image
 
     assert Image.open(png_path).size[0] > 100
+
+
+def test_evaluation_uses_no_more_loader_workers_than_cores(tiny_lists, monkeypatch):
+    """data.num_workers is sized for training nodes; evaluation (no randomness) caps it
+    at the cores this process may use, so a laptop gets no oversubscription warning."""
+    import os
+
+    from conftest import as_args, shrink
+
+    import mar.engine.loader as loader
+    from mar.config import load_config
+    from mar.engine.distributed import init_distributed
+    from mar.engine.evaluate import run_eval
+
+    seen = []
+
+    def record(*args, workers, **kwargs):
+        seen.append(workers)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(loader, "build_loader", record)
+    config = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
+    cfg = load_config(config, as_args(shrink(config, tiny_lists, **{"data.num_workers": 64})))
+    with pytest.raises(RuntimeError, match="stop"):
+        run_eval(cfg, None, "val", init_distributed("cpu"))
+    assert seen == [min(64, len(os.sched_getaffinity(0)))]

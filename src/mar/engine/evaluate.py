@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -164,8 +165,9 @@ def run_eval(cfg: Config, model, split: str, info: DistInfo, out_dir: Path | Non
 
     masking = masking or cfg.test_masking()
     data = cfg.dataset(split)
-    loader = build_loader(data, cfg.eval.batch_size, info, workers=cfg.data.num_workers,
-                          shuffle=False)
+    # evaluation draws nothing at random, so more workers than cores gain nothing
+    workers = min(cfg.data.num_workers, len(os.sched_getaffinity(0)))
+    loader = build_loader(data, cfg.eval.batch_size, info, workers=workers, shuffle=False)
     bar = tqdm(total=len(loader.sampler), desc=f"{split} views", disable=not info.is_main,
                dynamic_ncols=True, leave=False)
     result = evaluate(model, loader, masking, info, cfg.model.num_classes, cfg.eval.merge,
