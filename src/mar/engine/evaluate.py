@@ -166,7 +166,7 @@ def run_eval(cfg: Config, model, split: str, info: DistInfo, out_dir: Path | Non
     masking = masking or cfg.test_masking()
     data = cfg.dataset(split)
     # evaluation draws nothing at random, so more workers than cores gain nothing
-    workers = min(cfg.data.num_workers, len(os.sched_getaffinity(0)))
+    workers = min(cfg.data.num_workers, os.cpu_count() or 1)
     loader = build_loader(data, cfg.eval.batch_size, info, workers=workers, shuffle=False)
     bar = tqdm(total=len(loader.sampler), desc=f"{split} views", disable=not info.is_main,
                dynamic_ncols=True, leave=False)
