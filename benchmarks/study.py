@@ -59,12 +59,15 @@ def table_v(head: str, ratio: float) -> dict:
             "test_ratios": [0.0, 0.25, 0.5, 0.75] if head == "bridging" else [ratio]}
 
 
-def experiments(tables: list[str], ratios: list[float]) -> dict[str, dict]:
+def experiments(tables: list[str], ratios: list[float],
+                from_pretrained: bool = False) -> dict[str, dict]:
     """name -> {overrides, test_ratios[, same_as, report, pretrained]}.
 
     ``same_as`` names the run that already is this setting (its cache entry is shared);
     ``report`` is the subset of test ratios this table shows; ``pretrained`` starts the
-    fine-tuning from a `mar pretrain` run of the same seed."""
+    fine-tuning from a `mar pretrain` run of the same seed. ``from_pretrained`` starts
+    every run of Tables II, III(c), V and IX(a) there too (IX(b) and Fig. 1 have their
+    own scratch and pretrained arms)."""
     out = {}
     if "V" in tables:
         for r in ratios:
@@ -113,6 +116,10 @@ def experiments(tables: list[str], ratios: list[float]) -> dict[str, dict]:
         for arm, head, r in (("standard", "linear", 0.0), ("mar50", "bridging", 0.5)):
             out[f"Fig1/{arm}-scratch"] = {**table_v(head, r), "report": [r],
                                           "same_as": f"V/{head}/{r:g}", "gflops": r}
+    if from_pretrained:
+        for name, spec in out.items():
+            if name.split("/")[0] in ("V", "IIIc", "II", "IXa"):
+                spec["pretrained"] = True
     return out
 
 
@@ -179,6 +186,9 @@ def main() -> None:
                         help="length of the `mar pretrain` run behind Table IX(b) and Fig. 1")
     parser.add_argument("--pretrain-set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="settings of that pretraining, e.g. model.norm_target=false")
+    parser.add_argument("--from-pretrained", action="store_true",
+                        help="Tables II, III(c), V and IX(a) fine-tune from the seed's "
+                        "`mar pretrain` encoder instead of random weights")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="settings of every fine-tuning run, e.g. train.layer_decay=0.75 "
                         "(part of the cache key)")
@@ -204,7 +214,7 @@ def main() -> None:
     num_classes = len(read_class_names(data / "classes.txt"))
     cache_file = out / "runs.json"
     cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
-    specs = experiments(args.tables, args.ratios)
+    specs = experiments(args.tables, args.ratios, args.from_pretrained)
     pre_set = dict(a.split("=", 1) for a in args.pretrain_set)
     ft_set = dict(a.split("=", 1) for a in args.set)
     # the cache knows the benchmark and the pretraining it was made with

@@ -3,22 +3,31 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 spec = importlib.util.spec_from_file_location(
     "study", Path(__file__).resolve().parents[1] / "benchmarks" / "study.py")
 study = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(study)
 
 
-def test_shared_runs_have_the_same_settings_and_test_ratios():
+@pytest.mark.parametrize("from_pretrained", [False, True])
+def test_shared_runs_have_the_same_settings_and_test_ratios(from_pretrained):
     specs = study.experiments(["V", "IIIc", "II", "IXa", "IXb", "Fig1"],
-                              [0.0, 0.25, 0.5, 0.75])
+                              [0.0, 0.25, 0.5, 0.75], from_pretrained)
+    for name, s in specs.items():  # IX(b) and Fig. 1 keep their scratch arms
+        table = name.split("/")[0]
+        expected = "scratch" not in name if table in ("IXb", "Fig1") else from_pretrained
+        assert bool(s.get("pretrained")) == expected, name
     shared = {name: s for name, s in specs.items() if "same_as" in s}
     assert {"II/cell_running/0.5", "IXb/scratch/bridging/0.5", "IIIc/0.75",
             "Fig1/standard", "Fig1/mar50-scratch"} <= set(shared)
     for name, s in shared.items():
         target = specs[s["same_as"]]
         assert "same_as" not in target, name
-        assert bool(target.get("pretrained")) == bool(s.get("pretrained")), name
+        if not from_pretrained:  # else scratch arms share the name, not the run: a
+            # run's cache key carries its own `pretrained`
+            assert bool(target.get("pretrained")) == bool(s.get("pretrained")), name
         assert s["overrides"] == target["overrides"], name
         assert set(s.get("report", s["test_ratios"])) <= set(target["test_ratios"]), name
 
