@@ -23,7 +23,9 @@ reconstruction loss against the trivial predictor's).
         --seeds 3 --epochs 30 --pretrain-epochs 100 --out study-nat8
 
 (the run of docs/results.md; ``--seeds 1 --first-seed S`` runs one seed, and several such
-processes may share ``--out``; ``--set key=value`` changes every fine-tuning run.)
+processes may share ``--out``; ``--set key=value`` changes every fine-tuning run;
+``--from-pretrained`` starts Tables II, III(c), V and IX(a) from each seed's pretrained
+encoder instead of random weights.)
 """
 
 from __future__ import annotations
