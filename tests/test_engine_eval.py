@@ -59,7 +59,7 @@ def test_confusion_files(tmp_path):
 
 def test_evaluation_uses_no_more_loader_workers_than_cores(tiny_lists, monkeypatch):
     """data.num_workers is sized for training nodes; evaluation (no randomness) caps it
-    at the cores this process may use, so a laptop gets no oversubscription warning."""
+    at the machine's cores, so a laptop gets no oversubscription warning."""
     import os
 
     from conftest import as_args, shrink

@@ -109,7 +109,7 @@ def load_weights(model: nn.Module, path: str | Path,
 
 def empty_model(build=create_model, /, **kwargs) -> MAR:
     """``build(**kwargs)`` on the meta device: no memory and no init, for weights that
-    :func:`load_weights` is about to load in full (ViT-B: ~0.1 s instead of ~2 s)."""
+    :func:`load_weights` is about to load in full (initialising ViT-B costs seconds)."""
     with torch.device("meta"):
         return build(**kwargs)
 
