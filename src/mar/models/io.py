@@ -71,6 +71,7 @@ def load_weights(model: nn.Module, path: str | Path,
     """
     file = weights_file(path)
     state = load_file(str(file))
+    # the file's decoder depth, counted before allow_unused drops blocks the model lacks
     depth = len({k.split(".")[2] for k in state if k.startswith("decoder.blocks.")})
     own = model.state_dict()
     state = {k: v for k, v in state.items() if k in own or not k.startswith(allow_unused)}
