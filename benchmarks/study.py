@@ -95,10 +95,13 @@ def experiments(tables: list[str], ratios: list[float],
                               "masking.name": "none", "masking.ratio": 0.0,
                               "train.rec_weight": 0.0},
                 "test_ratios": [None]}
-    if "IXa" in tables:
+    if "IXa" in tables:  # the MAR setting (bridging, cell running 50 %) with each lambda
         for lam in (0.0, 0.1, 0.2, 0.4, 1.0):
-            out[f"IXa/{lam:g}"] = {"overrides": {"train.rec_weight": lam},
+            out[f"IXa/{lam:g}"] = {"overrides": {**table_v("bridging", 0.5)["overrides"],
+                                                 "train.rec_weight": lam},
                                    "test_ratios": [0.5]}
+        out["IXa/0.1"] = {**table_v("bridging", 0.5), "report": [0.5],
+                          "same_as": "V/bridging/0.5"}
     if "IXb" in tables:  # scratch vs pretrained, for both heads (Table V on pretrained)
         for head, r in (("linear", 0.0), ("bridging", 0.0), ("linear", 0.5),
                         ("bridging", 0.5)):
@@ -118,10 +121,16 @@ def experiments(tables: list[str], ratios: list[float],
         for arm, head, r in (("standard", "linear", 0.0), ("mar50", "bridging", 0.5)):
             out[f"Fig1/{arm}-scratch"] = {**table_v(head, r), "report": [r],
                                           "same_as": f"V/{head}/{r:g}", "gflops": r}
-    if from_pretrained:
+    if from_pretrained:  # and the pretrained arms of IX(b) and Fig. 1 are their runs
+        alias = {f"V/{head}/{r:g}": f"IXb/pretrained/{head}/{r:g}"
+                 for head in ("linear", "bridging") for r in (0.0, 0.5)}
+        alias["V/bridging/0.75"] = "Fig1/mar75"
         for name, spec in out.items():
             if name.split("/")[0] in ("V", "IIIc", "II", "IXa"):
                 spec["pretrained"] = True
+                shared = alias.get(spec.get("same_as", name))
+                if shared:
+                    spec["same_as"] = shared
     return out
 
 

@@ -24,12 +24,30 @@ def test_shared_runs_have_the_same_settings_and_test_ratios(from_pretrained):
             "Fig1/standard", "Fig1/mar50-scratch"} <= set(shared)
     for name, s in shared.items():
         target = specs[s["same_as"]]
-        assert "same_as" not in target, name
-        if not from_pretrained:  # else scratch arms share the name, not the run: a
-            # run's cache key carries its own `pretrained`
-            assert bool(target.get("pretrained")) == bool(s.get("pretrained")), name
         assert s["overrides"] == target["overrides"], name
+        if from_pretrained and not s.get("pretrained"):
+            continue  # a scratch arm shares the name, not the run: a run's cache key
+            # carries its own `pretrained`
+        assert "same_as" not in target, name
+        assert bool(target.get("pretrained")) == bool(s.get("pretrained")), name
         assert set(s.get("report", s["test_ratios"])) <= set(target["test_ratios"]), name
+
+
+@pytest.mark.parametrize("from_pretrained", [False, True])
+def test_each_setting_is_trained_once(from_pretrained):
+    """Runs are cached under their `same_as` name (else their own) and whether they start
+    pretrained: two specs with the same settings must land on one cache entry."""
+    specs = study.experiments(["V", "IIIc", "II", "IXa", "IXb", "Fig1"],
+                              [0.0, 0.25, 0.5, 0.75], from_pretrained)
+    entry = {}
+    for name, s in specs.items():
+        setting = (tuple(sorted(s["overrides"].items())), bool(s.get("pretrained")))
+        entry.setdefault(setting, set()).add(s.get("same_as", name))
+    assert all(len(names) == 1 for names in entry.values()), entry
+    mar50 = (tuple(sorted(study.table_v("bridging", 0.5)["overrides"].items())),
+             from_pretrained)
+    assert entry[mar50] == {"IXb/pretrained/bridging/0.5" if from_pretrained
+                            else "V/bridging/0.5"}
 
 
 def test_table_ii_follows_the_paper():
