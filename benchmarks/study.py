@@ -196,7 +196,8 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=100,
                         help="length of the `mar pretrain` run behind Table IX(b) and Fig. 1")
     parser.add_argument("--pretrain-set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="settings of that pretraining, e.g. model.norm_target=false")
+                        help="settings of that pretraining, e.g. model.norm_target=true "
+                        "(VideoMAE's normalised target; the demo's default is raw pixels)")
     parser.add_argument("--from-pretrained", action="store_true",
                         help="Tables II, III(c), V and IX(a) fine-tune from the seed's "
                         "`mar pretrain` encoder instead of random weights")
@@ -226,7 +227,9 @@ def main() -> None:
     cache_file = out / "runs.json"
     cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     specs = experiments(args.tables, args.ratios, args.from_pretrained)
-    pre_set = dict(a.split("=", 1) for a in args.pretrain_set)
+    # the demo's pretraining target unless set; always in the cache key
+    pre_set = {"model.norm_target": str(demo.norm_target).lower(),
+               **dict(a.split("=", 1) for a in args.pretrain_set)}
     ft_set = dict(a.split("=", 1) for a in args.set)
     # the cache knows the benchmark and the pretraining it was made with
     bench = "" if (args.kind, args.size, args.patch) == ("shapes", 64, 16) else \

@@ -14,7 +14,7 @@ from mar import create_model, make_masking
 from mar.data import make_backend, read_list
 from mar.data.synth import CLASSES, SynthConfig, render, synthesize
 from mar.data.video_writer import write_video
-from mar.demo import DemoConfig, run_demo
+from mar.demo import DemoConfig, pretrain_config, run_demo, trivial_loss
 
 
 def test_rendering_is_deterministic_and_varied():
@@ -183,17 +183,24 @@ def test_one_frame_does_not_tell_the_class_but_the_clip_does():
 
 def test_demo_end_to_end_at_a_tiny_scale(tmp_path):
     """Pretraining, then both arms from its encoder, on the natural benchmark (shrunk)."""
-    rows = run_demo(DemoConfig(out=str(tmp_path), size=32, per_class_train=2,
-                               per_class_val=1, pretrain_epochs=1, epochs=1, batch_size=8))
+    demo = DemoConfig(out=str(tmp_path), size=32, per_class_train=2, per_class_val=1,
+                      pretrain_epochs=1, epochs=1, batch_size=8)
+    rows = run_demo(demo)
     assert set(rows) == {"standard", "MAR", "pretraining"}
     assert rows["MAR"]["gflops"] < rows["standard"]["gflops"]
     assert [r for r, _, _ in rows["MAR"]["ratios"]] == [0.0, 0.25, 0.5, 0.75]
     pre = rows["pretraining"]
     assert Path(pre["dir"]).parent == tmp_path / "pretrain"
-    assert "init: xavier" in (tmp_path / "pretrain" / "config.yaml").read_text()
-    assert 0.9 < pre["trivial_loss"] < 1.0 and pre["loss_last20"] > 0
+    pre_config = (tmp_path / "pretrain" / "config.yaml").read_text()
+    assert "init: xavier" in pre_config and "norm_target: false" in pre_config
+    # raw pixels in [0, 1]: the best blind guess, their mean, leaves their variance
+    assert 0 < pre["trivial_loss"] < 0.25 and pre["loss_last20"] > 0
+    # VideoMAE's per-patch normalised target: (n-1)/n for n pixels, a little less if flat
+    normalised = pretrain_config(replace(demo, norm_target=True), tmp_path / "data")
+    assert 0.9 < trivial_loss(normalised) < 1.0
     for arm in ("standard", "MAR"):  # both arms start from the pretrained encoder
         assert "task: finetune" in (tmp_path / arm / "config.yaml").read_text()
+        assert "norm_target: true" in (tmp_path / arm / "config.yaml").read_text()
         assert f"init: {pre['dir']}" in (tmp_path / arm / "config.yaml").read_text()
     for name in ("accuracy_vs_gflops.png", "reconstruction.png", "reconstruction.mp4",
                  "pretrain_reconstruction.png", "pretrain_reconstruction.mp4", "demo.json"):
@@ -218,3 +225,6 @@ def test_demo_cli_full_and_from_scratch(tmp_path, monkeypatch):
                      "--pretrain-epochs", "0"]) == 0
     assert (seen[-1].kind, seen[-1].pretrain_epochs, seen[-1].epochs) == (
         "shapes", 0, DemoConfig.epochs)
+    assert seen[-1].norm_target is False
+    assert cli.main(["demo", "--out", str(tmp_path), "--norm-target"]) == 0
+    assert seen[-1].norm_target is True
