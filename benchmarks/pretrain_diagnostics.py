@@ -1,6 +1,8 @@
 """Why pretraining does not help on the synthetic benchmark (docs/results.md, Table IX(b)).
 
-Needs the study's cache (``benchmarks/study.py --tables IXb ... --out study``) and prints:
+Needs the study's cache (``benchmarks/study.py --tables IXb ... --pretrain-set
+model.init=trunc_normal model.norm_target=true --out study``: the pretraining measured
+there, std-0.02 init and normalised pixels, which this script also uses) and prints:
 1. the reconstruction loss of the cached `mar pretrain` run (first and last 300 steps);
 2. short pretraining probes with other masks and targets (first and last epoch's loss);
 3. the encoder before and after pretraining: attention entropy per block and how much the
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from study import pretrain_config, run_one, table_v
+from study import pretrain_config, run_one, suffix, table_v
 
 from mar.demo import DemoConfig
 from mar.engine.trainer import train
@@ -59,12 +61,14 @@ def main() -> None:
     parser.add_argument("--probe-epochs", type=int, default=15)
     args = parser.parse_args()
     out, seed = Path(args.out), args.seed
-    demo = DemoConfig(out=str(out), epochs=30, num_frames=16, patch_size=16)  # as measured
+    demo = DemoConfig(out=str(out), epochs=30, num_frames=16, patch_size=16,
+                      norm_target=True)  # as measured
+    measured = {"model.init": "trunc_normal", "model.norm_target": "true"}
     data = out / "data"
     work = out / "diagnostics"
     lines = []
 
-    run = out / "pretrain" / f"seed{seed}-epochs{args.pretrain_epochs}"
+    run = out / "pretrain" / f"seed{seed}-epochs{args.pretrain_epochs}{suffix(measured)}"
     loss = losses(run)  # logged every 10 steps
     lines.append(f"1. cached pretraining (tube 90 %, normalised pixels): loss "
                  f"{statistics.mean(loss[:30]):.4f} (first 300 steps) -> "
@@ -74,7 +78,8 @@ def main() -> None:
     for name, mask, ratio, norm in (("tube 75 %, normalised", "tube", 0.75, True),
                                     ("random 90 %, normalised", "random", 0.9, True),
                                     ("tube 90 %, raw pixels", "tube", 0.9, False)):
-        cfg = pretrain_config(demo, data, **{"masking.name": mask, "masking.ratio": ratio,
+        cfg = pretrain_config(demo, data, **{**measured,
+                                             "masking.name": mask, "masking.ratio": ratio,
                                              "model.norm_target": norm, "train.seed": seed,
                                              "train.epochs": args.probe_epochs})
         train(cfg, work / "probe", overwrite=True)
@@ -83,7 +88,7 @@ def main() -> None:
         lines.append(f"   {name}: {statistics.mean(loss[:per_epoch]):.4f} -> "
                      f"{statistics.mean(loss[-per_epoch:]):.4f}")
 
-    cfg = pretrain_config(demo, data, **{"train.seed": seed, "train.epochs": 1,
+    cfg = pretrain_config(demo, data, **{**measured, "train.seed": seed, "train.epochs": 1,
                                          "train.max_steps": 1, "train.base_lr": 1e-12,
                                          "train.min_lr": 0.0})
     train(cfg, work / "untrained", overwrite=True)
