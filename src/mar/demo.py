@@ -39,9 +39,9 @@ class DemoConfig:
     patch_size: int = 8  # 8 x 8 tokens per frame at 64^2
     per_class_train: int = 40
     per_class_val: int = 12
-    pretrain_epochs: int = 20
+    pretrain_epochs: int = 40
     norm_target: bool = False  # the pretraining's target; True: VideoMAE's normalised pixels
-    epochs: int = 20
+    epochs: int = 30
     batch_size: int = 16
     lr: float = 1e-3
     seed: int = 0
