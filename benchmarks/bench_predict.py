@@ -135,6 +135,8 @@ def main() -> None:
     parser.add_argument("--long", type=int, default=4, help="long videos to add")
     parser.add_argument("--seconds", type=float, default=20.0, help="their length")
     parser.add_argument("--workers", type=int, help="mar predict --workers (default: its own)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+",
+                        help="mar predict --batch-size values to compare (default: its own)")
     parser.add_argument("--tiny", action="store_true", help="a 2-block model (tests)")
     parser.add_argument("--bf16", action="store_true", help="add the bf16 arms")
     parser.add_argument("--json", help="also write the results here")
@@ -167,10 +169,14 @@ def main() -> None:
     for dtype in ("fp32", "bf16") if args.bf16 else ("fp32",):
         tag = "" if dtype == "fp32" else ", bf16"
         for name, label in (("mar50", "MAR 50 %"), ("full", "full tokens")):
-            arms[f"mar predict, {label}{tag}"] = (
-                lambda name=name, dtype=dtype: predict(*models[name], videos,
-                                                       models[name][1].test_masking(),
-                                                       workers=args.workers, dtype=dtype))
+            for b in args.batch_sizes or [None]:
+                per_call = ("" if len(args.batch_sizes or []) < 2
+                            else f", {b} view{'s' * (b > 1)} per call")
+                arms[f"mar predict, {label}{per_call}{tag}"] = (
+                    lambda name=name, dtype=dtype, b=b: predict(
+                        *models[name], videos, models[name][1].test_masking(),
+                        workers=args.workers, dtype=dtype,
+                        **({} if b is None else {"batch_size": b})))
         arms[hf_name + tag] = (lambda dtype=dtype: transformers_way(
             hf, processor, videos, indices_of, bf16=dtype == "bf16"))
     times: dict[str, list[float]] = {a: [] for a in arms}
@@ -184,7 +190,8 @@ def main() -> None:
         print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(
             f"{times[a][-1]:.1f}s" for a in arms), flush=True)
 
-    full = [p.classes[0] if p.classes else -1 for p in results["mar predict, full tokens"]]
+    full_arm = next(a for a in arms if a.startswith("mar predict, full tokens"))
+    full = [p.classes[0] if p.classes else -1 for p in results[full_arm]]
     theirs = [int(np.argmax(p)) for p in results[hf_name]]
     agree = sum(a == b for a, b in zip(full, theirs, strict=True))
     bf16_lines = []

@@ -19,7 +19,7 @@ import torch
 from mar.engine.distributed import init_distributed
 from mar.engine.evaluate import predict_views
 from mar.engine.loader import build_loader
-from mar.inference import load_run
+from mar.inference import cpu_bf16_instructions, load_run
 
 
 def compare(path: str) -> dict:
@@ -42,8 +42,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+")
     args = parser.parse_args()
-    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    print(f"torch {torch.__version__}; native bf16 on this CPU (oneDNN): {native}\n")
+    kernels = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    print(f"torch {torch.__version__}; oneDNN bf16 kernels: {kernels}; bf16 instructions "
+          f"of this CPU: {', '.join(cpu_bf16_instructions() or []) or 'none (emulated)'}\n")
     print("| run | views | top-1 % fp32 | top-1 % bf16 | same top-1 class | largest "
           "probability change |")
     print("|---|--:|--:|--:|--:|--:|")

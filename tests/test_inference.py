@@ -91,6 +91,30 @@ def test_predict_on_real_videos_and_a_folder(model_dir, tmp_path):
     assert broken.returncode == 1 and json.loads(broken.stdout)[0]["error"]
 
 
+@pytest.mark.parametrize("instructions, note", [([], True), (["amx_bf16"], False),
+                                                (None, False)])
+def test_predict_in_bf16_agrees_with_fp32_and_says_when_bf16_is_emulated(
+        model_dir, capsys, monkeypatch, instructions, note):
+    import mar.inference
+    from mar.cli import main
+
+    monkeypatch.setattr(mar.inference, "cpu_bf16_instructions", lambda: instructions)
+    args = ["predict", str(REAL / "tree.avi"), str(REAL / "bigbuckbunny.mp4"), "--checkpoint",
+            str(model_dir), "--json", "--topk", "6", "--set", "data.test_clips=1", "--set",
+            "data.test_crops=2"]
+    results = {}
+    for dtype in ("fp32", "bf16"):
+        assert main(args + ["--dtype", dtype]) == 0
+        out = capsys.readouterr()
+        assert ("no bf16 instructions" in out.err) == (note and dtype == "bf16")
+        results[dtype] = [{t["class"]: t["prob"] for t in r["top"]}
+                          for r in json.loads(out.out)]
+    for fp32, bf16 in zip(results["fp32"], results["bf16"], strict=True):
+        assert fp32.keys() == bf16.keys()
+        assert max(abs(fp32[c] - bf16[c]) for c in fp32) < 0.02
+        assert fp32 != bf16                        # bf16 really ran
+
+
 def test_predict_errors(model_dir, tmp_path):
     out = run("predict", str(tmp_path / "nothing.mp4"), "--checkpoint", str(model_dir))
     assert out.returncode == 2 and "no such file" in out.stderr

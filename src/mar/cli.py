@@ -236,6 +236,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     begin = time.perf_counter()
     from .inference import (
         Profile,
+        bf16_note,
         describe_masking,
         eval_masking,
         find_videos,
@@ -257,6 +258,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         names = read_class_names(args.class_names or cfg.data.class_names)
     videos = find_videos(args.videos)
+    if note := bf16_note(args.dtype, next(model.parameters()).device):
+        print(f"mar predict: {note}", file=sys.stderr)
 
     def label(c: int) -> str:
         return names[c] if names and c < len(names) else str(c)
@@ -518,7 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set data.test_clips=2")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--batch-size", type=int, default=16, help="views per model call")
+    p.add_argument("--batch-size", type=int, help="views per model call (default: 4 on a "
+                   "CPU, 16 on a GPU)")
     p.add_argument("--workers", type=int, help="decoding processes (default: none for one "
                    "video, else up to 4, one per spare core)")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",

@@ -364,7 +364,7 @@ def extract(model, cfg: Config, sources: list[Source], out: str | Path, settings
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from .engine.distributed import init_distributed, shutdown
-    from .inference import describe_masking, load_run
+    from .inference import default_views_per_call, describe_masking, load_run
 
     overrides = [i for i in args.items if "=" in i]
     inputs = [i for i in args.items if "=" not in i]
@@ -388,7 +388,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
             print(describe_masking(masking, model.grid), file=sys.stderr)
         workers = cfg.data.num_workers if args.workers is None else args.workers
         records = extract(model, cfg, sources, args.out, settings, masking, info,
-                          batch_size=args.batch_size, workers=workers)
+                          batch_size=args.batch_size or default_views_per_call(info.device),
+                          workers=workers)
     finally:
         shutdown()
     if records is None:

@@ -38,8 +38,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                          help="no masking: every token visible")
     p.add_argument("--clips", type=int, help="clips per video (default: data.test_clips)")
     p.add_argument("--crops", type=int, help="crops per clip (default: data.test_crops)")
-    p.add_argument("--batch-size", type=int, default=16,
-                   help="views per forward pass (default: %(default)s)")
+    p.add_argument("--batch-size", type=int,
+                   help="views per forward pass (default: 4 on a CPU, 16 on a GPU)")
     p.add_argument("--workers", type=int,
                    help="data loader workers (default: data.num_workers)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",

@@ -129,6 +129,31 @@ def default_workers(videos: int) -> int:
     return 0 if videos <= 1 else max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
+def cpu_bf16_instructions() -> list[str] | None:
+    """This CPU's native bf16 instruction sets, as Linux lists them (x86: AVX-512 BF16,
+    AMX; Arm: BF16), or None where they cannot be read. Without them oneDNN converts
+    bf16 in software, which is slower than fp32."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return None
+    return sorted(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def bf16_note(name: str, device: torch.device) -> str | None:
+    """A line for the user when ``--dtype bf16`` will be slower than fp32 here."""
+    if name != "bf16" or device.type != "cpu" or cpu_bf16_instructions() != []:
+        return None
+    return ("note: this CPU has no bf16 instructions (AVX-512 BF16 or AMX): bf16 is "
+            "emulated and slower than fp32 here (about 3x for ViT-B, docs/benchmarks.md)")
+
+
+def default_views_per_call(device: torch.device) -> int:
+    """Views per model call: 4 on a CPU, where larger calls outgrow the caches (ViT-B:
+    8 views per call 8-12 % slower than 1 to 4, docs/benchmarks.md), 16 on a GPU."""
+    return 4 if device.type == "cpu" else 16
+
+
 def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
     """``--dtype``: fp32 (None) or bf16 autocast (CUDA, or a CPU with bf16 support)."""
     if name == "fp32":
@@ -142,24 +167,26 @@ def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
 
 @torch.no_grad()
 def predict(model: MAR, cfg: Config, videos: list[Path], masking: MaskingStrategy,
-            topk: int = 5, batch_size: int = 8, workers: int | None = None,
+            topk: int = 5, batch_size: int | None = None, workers: int | None = None,
             dtype: str = "fp32", profile: Profile | None = None) -> list[Prediction]:
     """Softmax averaged over the config's test views (clips x crops) of each video.
 
     Each video is decoded once, scaled by the decoder (:class:`mar.data.VideoViews`);
-    ``workers`` loader processes decode the next videos while the model runs on batches
-    of about ``batch_size`` views, gathered across videos."""
+    ``workers`` loader processes decode the next videos while the model runs on the
+    views of one or more videos, in calls of at most ``batch_size`` views (default:
+    :func:`default_views_per_call`)."""
     from .data import VideoRecord, collate_views
 
     start = time.perf_counter()
     dc = cfg.data
+    device = next(model.parameters()).device
+    batch_size = batch_size or default_views_per_call(device)
     dataset = cfg.views_dataset([VideoRecord(str(v), 0) for v in videos], dc.test_clips,
                                 dc.test_crops)
     per_batch = max(1, batch_size // len(dataset.views))
     workers = default_workers(len(videos)) if workers is None else workers
     loader = torch.utils.data.DataLoader(dataset, per_batch, collate_fn=collate_views,
                                          num_workers=workers)
-    device = next(model.parameters()).device
     amp = autocast_dtype(dtype, device)
     probs: dict[int, Tensor] = {}
     errors: dict[int, str] = {}
@@ -167,11 +194,13 @@ def predict(model: MAR, cfg: Config, videos: list[Path], masking: MaskingStrateg
     for batch in loader:
         errors |= batch["error"]
         tick = time.perf_counter()
-        video = batch["video"].to(device)
-        mask = masking(video.shape[0], model.grid, train=False).to(device)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            logits = model.forward_head(model.forward_features(video, mask), mask)
-        p = logits.float().softmax(-1).cpu()
+        logits = []
+        for chunk in batch["video"].split(batch_size):
+            chunk = chunk.to(device)
+            mask = masking(chunk.shape[0], model.grid, train=False).to(device)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                logits.append(model.forward_head(model.forward_features(chunk, mask), mask))
+        p = torch.cat(logits).float().softmax(-1).cpu()
         if profile is not None:
             profile.model += time.perf_counter() - tick
             for timing in batch["timing"]:

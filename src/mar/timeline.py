@@ -189,14 +189,16 @@ def smooth_probs(probs: Tensor, windows: int) -> Tensor:
 
 @torch.no_grad()
 def predict_timeline(model, cfg, path: str | Path, masking, window: float, stride: float,
-                     *, batch_size: int = 8, smooth: int = 1, dtype=None,
+                     *, batch_size: int | None = None, smooth: int = 1, dtype=None,
                      timeout: float | None = None) -> Timeline:
     """Class probabilities of every window of ``path`` (see the module docstring).
 
     ``timeout``: seconds the decoding stream may run in all before it stops with a
     :class:`~mar.data.decode.DecodeError` (default: ``data.decode_timeout * 20``)."""
     from .data.transforms import EvalTransform
+    from .inference import default_views_per_call
 
+    batch_size = batch_size or default_views_per_call(next(model.parameters()).device)
     dc = cfg.data
     transform = EvalTransform(dc.crop_size, 1, dc.short_side, cfg.model.pixel_mean,
                               cfg.model.pixel_std)
