@@ -115,6 +115,34 @@ def test_predict_in_bf16_agrees_with_fp32_and_says_when_bf16_is_emulated(
         assert fp32 != bf16                        # bf16 really ran
 
 
+def test_predict_runs_a_videos_views_in_calls_of_batch_size_views(model_dir, monkeypatch):
+    from mar.inference import default_views_per_call, predict
+
+    model, cfg = load_run(model_dir, None, ["data.test_clips=2", "data.test_crops=3"])
+    calls = []
+    forward = model.forward_features
+
+    def counted(x, mask):
+        calls.append(x.shape[0])
+        return forward(x, mask)
+
+    monkeypatch.setattr(model, "forward_features", counted)
+    videos = [REAL / "tree.avi", REAL / "bigbuckbunny.mp4"]
+    masking = cfg.test_masking()
+    split = predict(model, cfg, videos, masking, topk=6, batch_size=4, workers=0)
+    assert calls == [4, 2, 4, 2]                  # 6 views per video, at most 4 per call
+    calls.clear()
+    whole = predict(model, cfg, videos, masking, topk=6, batch_size=12, workers=0)
+    assert calls == [12]                          # both videos' views in one call
+    assert default_views_per_call(torch.device("cpu")) == 4
+    calls.clear()
+    predict(model, cfg, videos, masking, topk=6, workers=0)
+    assert calls == [4, 2, 4, 2]                  # the CPU default
+    for a, b in zip(split, whole, strict=True):
+        assert a.views == b.views == 6 and a.classes == b.classes
+        assert np.allclose(a.probs, b.probs, atol=1e-5)
+
+
 def test_predict_errors(model_dir, tmp_path):
     out = run("predict", str(tmp_path / "nothing.mp4"), "--checkpoint", str(model_dir))
     assert out.returncode == 2 and "no such file" in out.stderr
