@@ -143,6 +143,19 @@ def test_predict_runs_a_videos_views_in_calls_of_batch_size_views(model_dir, mon
         assert np.allclose(a.probs, b.probs, atol=1e-5)
 
 
+def test_a_predict_command_imports_only_what_it_uses(model_dir):
+    """Predicting with a model directory needs torch and a decoder, not timm, torchvision
+    or torch._dynamo (together ~2 s of every command's start-up)."""
+    code = ("import sys\nfrom mar.cli import main\n"
+            f"main(['predict', {str(REAL / 'tree.avi')!r}, '--checkpoint', {str(model_dir)!r}, "
+            "'--json', '--set', 'data.test_clips=1', '--set', 'data.test_crops=1'])\n"
+            "unused = sorted(m for m in ('timm', 'torchvision', 'torch._dynamo') "
+            "if m in sys.modules)\n"
+            "print('unused:', unused, 'torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "unused: [] True" in out.stdout, out.stdout[-500:] + out.stderr[-2000:]
+
+
 def test_predict_errors(model_dir, tmp_path):
     out = run("predict", str(tmp_path / "nothing.mp4"), "--checkpoint", str(model_dir))
     assert out.returncode == 2 and "no such file" in out.stderr

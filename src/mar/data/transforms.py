@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch import Tensor
 
@@ -144,6 +143,8 @@ class TrainTransform:
 
     def __call__(self, frames: np.ndarray, label: int, generator) -> tuple[Tensor, int]:
         """uint8 (T, H, W, 3), label -> float (3, T, S, S), label (swapped if flipped)."""
+        import torchvision.transforms.v2.functional as TF  # not at import: ~2 s (torchvision)
+
         video = to_tensor(frames)
         top, left, h, w = resized_crop_params(video.shape[-2], video.shape[-1], self.scale,
                                               self.ratio, generator)
@@ -174,11 +175,19 @@ class EvalTransform:
     def __call__(self, frames: np.ndarray, crop: int = 0) -> Tensor:
         """uint8 (T, H, W, 3) -> float (3, T, S, S)."""
         video = to_tensor(frames)
-        video = TF.resize(video, [self.short_side or self.crop_size], antialias=True)
+        short = self.short_side or self.crop_size
+        if min(video.shape[-2:]) != short:      # frames scaled by the decoder already fit
+            import torchvision.transforms.v2.functional as TF
+
+            video = TF.resize(video, [short], antialias=True)
         h, w = video.shape[-2:]
         c = self.crop_size
         if w >= h:
             top, left = (h - c) // 2, crop_offsets(w, c, self.num_crops)[crop]
         else:
             top, left = crop_offsets(h, c, self.num_crops)[crop], (w - c) // 2
-        return normalize(TF.crop(video, top, left, c, c), self.mean, self.std)
+        if c > min(h, w):                       # a crop larger than the frame is padded
+            import torchvision.transforms.v2.functional as TF
+
+            return normalize(TF.crop(video, top, left, c, c), self.mean, self.std)
+        return normalize(video[..., top:top + c, left:left + c], self.mean, self.std)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp
 from torch import Tensor, nn
 
 
@@ -61,6 +60,29 @@ class Attention(nn.Module):
         return self.proj_drop(self.proj(x)), k
 
 
+class Mlp(nn.Module):
+    """fc1 -> GELU -> dropout -> fc2 -> dropout, with timm's ``Mlp`` parameter names. Ours
+    so that building a model does not import timm, whose layers import torchvision's
+    models and ``torch._dynamo``: about 2 s of every command's start-up."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+def drop_path_layer(p: float) -> nn.Module:
+    """timm's stochastic depth, imported only for a model that trains with it."""
+    if p == 0:
+        return nn.Identity()
+    from timm.layers import DropPath
+
+    return DropPath(p)
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
 
@@ -70,9 +92,9 @@ class Block(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = drop_path_layer(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
 
     def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
         """``bias``: an additive attention bias over the keys, as :meth:`Attention.attend`."""

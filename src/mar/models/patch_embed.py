@@ -41,10 +41,12 @@ def sinusoid_table(num_positions: int, dim: int) -> Tensor:
     """VideoMAE's fixed position table over flattened (t, h, w) indices: (1, N, D).
 
     Angle pos / 10000^(2 * (j // 2) / D); sine on even channels, cosine on odd ones.
-    Computed in float64, returned as float32.
+    Computed in float64 on the CPU, whatever the default device (a model built on the meta
+    device gets the real table, and torch's meta kernels for these ops would import
+    ``torch._dynamo``: a second of start-up), returned as float32.
     """
-    pos = torch.arange(num_positions, dtype=torch.float64).unsqueeze(1)
-    j = torch.arange(dim)
+    pos = torch.arange(num_positions, dtype=torch.float64, device="cpu").unsqueeze(1)
+    j = torch.arange(dim, device="cpu")
     angle = pos / torch.pow(10000.0, (2 * (j // 2)).to(torch.float64) / dim)
     table = torch.where(j % 2 == 0, torch.sin(angle), torch.cos(angle))
     return table.to(torch.float32).unsqueeze(0)
