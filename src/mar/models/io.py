@@ -23,6 +23,7 @@ from torch import nn
 from .. import atomic
 from .factory import create_model
 from .mar import MAR
+from .patch_embed import sinusoid_table
 
 WEIGHTS = "model.safetensors"
 MASKING = "masking.json"
@@ -98,6 +99,10 @@ def load_weights(model: nn.Module, path: str | Path,
                              f"lacks {', '.join(missing[:3])}")
         model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()},
                               strict=False, assign=True)
+        for module in model.modules():  # the fixed tables are not saved: compute them
+            if isinstance(getattr(module, "pos_embed", None), torch.Tensor) \
+                    and module.pos_embed.is_meta:
+                module.pos_embed = sinusoid_table(*module.pos_embed.shape[1:])
     else:
         model.load_state_dict(state, strict=False)
     return missing

@@ -41,15 +41,15 @@ def sinusoid_table(num_positions: int, dim: int) -> Tensor:
     """VideoMAE's fixed position table over flattened (t, h, w) indices: (1, N, D).
 
     Angle pos / 10000^(2 * (j // 2) / D); sine on even channels, cosine on odd ones.
-    Computed in float64 on the CPU, whatever the default device (a model built on the meta
-    device gets the real table, and torch's meta kernels for these ops would import
-    ``torch._dynamo``: a second of start-up), returned as float32.
+    Computed in float64 on the CPU and returned as float32 on the default device: under
+    ``torch.device("meta")`` torch's meta kernels for these ops would import
+    ``torch._dynamo`` (a second of start-up).
     """
     pos = torch.arange(num_positions, dtype=torch.float64, device="cpu").unsqueeze(1)
     j = torch.arange(dim, device="cpu")
     angle = pos / torch.pow(10000.0, (2 * (j // 2)).to(torch.float64) / dim)
     table = torch.where(j % 2 == 0, torch.sin(angle), torch.cos(angle))
-    return table.to(torch.float32).unsqueeze(0)
+    return table.to(torch.float32).unsqueeze(0).to(torch.get_default_device())
 
 
 def patchify(video: Tensor, patch_size: int, tubelet_size: int) -> Tensor:
