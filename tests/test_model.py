@@ -291,3 +291,24 @@ def test_xavier_init_is_videomae_pretraining_init():
     assert xavier.decoder.mask_token.abs().max() <= 0.02
     with pytest.raises(ValueError, match="unknown init"):
         create_model(**kwargs, init="zeros")
+
+
+def test_our_mlp_is_timms_in_weights_names_and_dropout():
+    """The block's MLP is ours (importing timm costs ~2 s of start-up) but must stay
+    timm's: same parameter names and init draws, same output with dropout on."""
+    from timm.layers import Mlp as TimmMlp
+
+    from mar.models.layers import Mlp
+
+    torch.manual_seed(0)
+    ours = Mlp(8, 32, drop=0.2)
+    torch.manual_seed(0)
+    theirs = TimmMlp(8, 32, act_layer=torch.nn.GELU, drop=0.2)
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    x = torch.randn(4, 5, 8)
+    for mode in (True, False):
+        torch.manual_seed(1)
+        y = ours.train(mode)(x)
+        torch.manual_seed(1)
+        assert torch.equal(y, theirs.train(mode)(x))
