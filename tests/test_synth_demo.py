@@ -3,6 +3,8 @@ and the demo end to end at a shrunken size."""
 
 import json
 import re
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -207,6 +209,18 @@ def test_demo_end_to_end_at_a_tiny_scale(tmp_path):
         assert (tmp_path / name).is_file(), name
     assert json.loads((tmp_path / "demo.json").read_text())["MAR"]["top1"] == \
         pytest.approx(rows["MAR"]["top1"])
+    # the README's bf16 check on the demo's trained runs: its fp32 top-1 is the demo's
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "bf16_accuracy.py"
+    proc = subprocess.run([sys.executable, str(bench), str(tmp_path / "standard"),
+                           str(tmp_path / "MAR")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = [line.split("|")[1:-1] for line in proc.stdout.splitlines()
+             if line.startswith(f"| {tmp_path}")]
+    assert [Path(row[0].strip()).name for row in table] == ["standard", "MAR"]
+    for row in table:
+        views, fp32 = int(row[1]), float(row[2])
+        assert views == 12 and fp32 == pytest.approx(rows[Path(row[0].strip()).name]["top1"],
+                                                     abs=0.051)
 
 
 def test_demo_cli_full_and_from_scratch(tmp_path, monkeypatch):
