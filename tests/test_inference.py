@@ -161,6 +161,9 @@ def test_predict_errors(model_dir, tmp_path):
     assert out.returncode == 2 and "no such file" in out.stderr
     out = run("predict", str(REAL / "tree.avi"), "--checkpoint", str(tmp_path))
     assert out.returncode == 2 and "no model.safetensors" in out.stderr
+    out = run("predict", str(REAL / "tree.avi"), "--checkpoint", str(model_dir),
+              "--batch-size", "0")
+    assert out.returncode == 2 and "--batch-size must be >= 1, got 0" in out.stderr
 
 
 def test_onnx_export_matches_pytorch_with_a_dynamic_batch(model_dir, tmp_path):

@@ -244,6 +244,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         predict,
     )
 
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     model, cfg = load_run(args.checkpoint, args.config, args.set)
     startup = time.perf_counter() - begin
     masking = eval_masking(cfg, args.mask_ratio)

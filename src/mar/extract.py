@@ -321,13 +321,16 @@ def gather_records(out: Path, rank: int, world: int, records: list[dict],
 
 
 def extract(model, cfg: Config, sources: list[Source], out: str | Path, settings: dict,
-            masking: MaskingStrategy, info, *, batch_size: int = 16,
+            masking: MaskingStrategy, info, *, batch_size: int | None = None,
             workers: int = 0) -> list[dict] | None:
     """Extract ``sources`` into ``out`` on this process's share; rank 0 returns every
-    video's record, in the order of ``sources`` (other ranks: None)."""
+    video's record, in the order of ``sources`` (other ranks: None). ``batch_size``:
+    views per forward pass (default: :func:`mar.inference.default_views_per_call`)."""
     from .engine.distributed import barrier
+    from .inference import default_views_per_call
 
     out = Path(out)
+    batch_size = batch_size or default_views_per_call(info.device)
     if info.is_main:
         check_settings(out, settings)
         (out / FEATURES).mkdir(parents=True, exist_ok=True)
@@ -364,7 +367,7 @@ def extract(model, cfg: Config, sources: list[Source], out: str | Path, settings
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from .engine.distributed import init_distributed, shutdown
-    from .inference import default_views_per_call, describe_masking, load_run
+    from .inference import describe_masking, load_run
 
     overrides = [i for i in args.items if "=" in i]
     inputs = [i for i in args.items if "=" not in i]
@@ -388,8 +391,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
             print(describe_masking(masking, model.grid), file=sys.stderr)
         workers = cfg.data.num_workers if args.workers is None else args.workers
         records = extract(model, cfg, sources, args.out, settings, masking, info,
-                          batch_size=args.batch_size or default_views_per_call(info.device),
-                          workers=workers)
+                          batch_size=args.batch_size, workers=workers)
     finally:
         shutdown()
     if records is None:
