@@ -11,7 +11,7 @@ frames the same indices name (iterating the stream, as the model card's
 ``read_video_pyav``), prepares them with ``VideoMAEImageProcessor`` and runs the model;
 the report gives the top-1 agreement of the full-token arms on these identical views.
 
-``--bf16`` adds the same arms in bf16 (``mar predict --dtype bf16``; the transformers way
+``--bf16`` adds the same arms in bf16 (``mar predict --amp bf16``; the transformers way
 under ``torch.autocast("cpu", torch.bfloat16)``, which is what its user would write) and
 reports how far bf16 moves the probabilities from fp32: the precision is a user's choice,
 so the speed-ups are given at equal precision as well as against the model card's fp32.
@@ -145,7 +145,7 @@ def main() -> None:
     from transformers import VideoMAEImageProcessor
 
     from mar.data import ClipSampling
-    from mar.inference import load_run, predict
+    from mar.inference import load_model, predict
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -163,7 +163,7 @@ def main() -> None:
     def indices_of(total: int) -> list[int]:
         return sampling.indices(total, train=False)
 
-    models = {name: load_run(d, None, SETTINGS) for name, d in dirs.items()}
+    models = {name: load_model(d, None, SETTINGS) for name, d in dirs.items()}
     hf_name = "transformers (model card: PyAV + VideoMAEImageProcessor)"
     arms = {}
     for dtype in ("fp32", "bf16") if args.bf16 else ("fp32",):
@@ -175,8 +175,8 @@ def main() -> None:
                 arms[f"mar predict, {label}{per_call}{tag}"] = (
                     lambda name=name, dtype=dtype, b=b: predict(
                         *models[name], videos, models[name][1].test_masking(),
-                        workers=args.workers, dtype=dtype,
-                        **({} if b is None else {"batch_size": b})))
+                        workers=args.workers, amp="none" if dtype == "fp32" else dtype,
+                        views_per_call=b))
         arms[hf_name + tag] = (lambda dtype=dtype: transformers_way(
             hf, processor, videos, indices_of, bf16=dtype == "bf16"))
     times: dict[str, list[float]] = {a: [] for a in arms}
@@ -206,12 +206,12 @@ def main() -> None:
 
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "mar.cli", "predict", str(videos[0]), "--checkpoint",
+    subprocess.run([sys.executable, "-m", "mar", "predict", str(videos[0]), "--checkpoint",
                     str(dirs["mar50"]), "--json", *(f"--set={s}" for s in SETTINGS)],
                    check=True, capture_output=True, env=env)
     command = time.perf_counter() - start
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "mar.cli", "--help"], check=True,
+    subprocess.run([sys.executable, "-m", "mar", "--help"], check=True,
                    capture_output=True)
     help_s = time.perf_counter() - start
 

@@ -41,7 +41,7 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``python -m mar.serve --checkpoint CHECKPOINT ARGS`` on a free localhost port, as
+    """``python -m mar serve --checkpoint CHECKPOINT ARGS`` on a free localhost port, as
     a context manager that waits for ``/readyz`` and stops the server (SIGTERM) after."""
 
     def __init__(self, checkpoint: str | Path, *args: str, token: str | None = None,
@@ -53,7 +53,7 @@ class ServerProcess:
         # the server's output, read back by output(); closed in __exit__
         self.log = tempfile.NamedTemporaryFile("w+", prefix="mar-serve-",  # noqa: SIM115
                                                suffix=".log")
-        command = [sys.executable, "-m", "mar.serve", "--checkpoint", str(checkpoint),
+        command = [sys.executable, "-m", "mar", "serve", "--checkpoint", str(checkpoint),
                    "--port", str(self.port), *args]
         if token:
             command += ["--token", token]

@@ -46,7 +46,7 @@ from mar.data.synth import SynthConfig, synthesize
 from mar.demo import DemoConfig, run_config
 from mar.engine.trainer import train
 from mar.flops import formula_flops, reduction_flops
-from mar.inference import load_run
+from mar.inference import load_model
 from mar.masking import Mask, make_masking
 from mar.models.token_reduction import (
     TokenReduction,
@@ -68,10 +68,11 @@ def arm_config(demo: DemoConfig, data: Path, arm: str, seed: int) -> Config:
 
 def load_clips(cfg: Config, records, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One centre view per video, decoded once: (V, C, T, H, W) and labels (V,)."""
-    dataset = cfg.eval_dataset(records[:limit] if limit else records, 1, 1)
+    dataset = cfg.views_dataset(records[:limit] if limit else records, 1, 1)
     items = [dataset[i] for i in range(len(dataset))]
     items = [it for it in items if it["valid"]]
-    return torch.stack([it["video"] for it in items]), torch.tensor([it["label"] for it in items])
+    return (torch.cat([it["video"] for it in items]),
+            torch.tensor([it["label"] for it in items]))
 
 
 def cell_ratio(budget: float) -> float:
@@ -113,7 +114,7 @@ def build(model, spec: dict, seed: int):
         def run(video):
             b = video.shape[0]
             m = Mask(mask.ids_keep.expand(b, -1), mask.ids_mask.expand(b, -1), mask.grid)
-            return model.forward_head(model.forward_features(video, m), m)
+            return model.classify(video, m)
 
         return run, None, formula_flops(model, mask.num_visible), mask.num_visible
     reducer = TokenReduction(model, spec["method"], seed=seed, **kw).eval()
@@ -204,7 +205,7 @@ def main() -> None:
                 train_s = summary["wall_time_s"]
             else:
                 train_s = cache.get(key, {}).get("train_s", float("nan"))
-            model, cfg = load_run(run_dir / "best")
+            model, cfg = load_model(run_dir / "best")
             if clips is None:
                 clips, labels = load_clips(cfg, read_list(cfg.data.test_list, cfg.data.root))
                 calib = load_clips(cfg, read_list(cfg.data.train_list, cfg.data.root)[::5],

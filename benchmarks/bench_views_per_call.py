@@ -46,7 +46,7 @@ def main() -> None:
         start = time.perf_counter()
         for chunk in x.split(per_call):
             mask = masking(chunk.shape[0], model.grid, train=False)
-            model.forward_head(model.forward_features(chunk, mask), mask)
+            model.classify(chunk, mask)
         return time.perf_counter() - start
 
     with torch.inference_mode():

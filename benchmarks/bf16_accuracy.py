@@ -1,11 +1,11 @@
-"""bf16 against fp32 on trained models: does `--dtype bf16` change what they predict?
+"""bf16 against fp32 on trained models: does `--amp bf16` change what they predict?
 
     python benchmarks/bf16_accuracy.py mar-demo/standard mar-demo/MAR
 
 Each argument is anything `mar eval --checkpoint` takes (a run folder, a checkpoint, a
 model directory with its config). Both precisions see the same views: those of the run's
-test split, at its test-time masking; bf16 is `torch.autocast` as in `mar predict --dtype
-bf16` and `mar eval --set train.amp=bf16`. Prints a Markdown table per view: top-1 in
+test split, at its test-time masking; bf16 is `torch.autocast` as in `mar predict --amp
+bf16` and `mar eval --amp bf16`. Prints a Markdown table per view: top-1 in
 each precision, how often the top-1 class agrees, and the largest change of any class
 probability.
 """
@@ -16,19 +16,17 @@ import argparse
 
 import torch
 
-from mar.engine.distributed import init_distributed
+from mar.data import view_loader
 from mar.engine.evaluate import predict_views
-from mar.engine.loader import build_loader
-from mar.inference import cpu_bf16_instructions, load_run
+from mar.inference import cpu_bf16_instructions, load_model
 
 
 def compare(path: str) -> dict:
-    model, cfg = load_run(path)
-    info = init_distributed("cpu")
-    loader = build_loader(cfg.dataset("test"), cfg.eval.batch_size, info, workers=0,
-                          shuffle=False)
-    fp32, bf16 = (predict_views(model, loader, cfg.test_masking(), info.device, dtype)
-                  for dtype in (None, torch.bfloat16))
+    model, cfg = load_model(path, device="cpu")
+    loader = view_loader(cfg.dataset("test"), cfg.eval.batch_size)
+    fp32, bf16 = (predict_views(model, loader, cfg.test_masking(), amp=amp,
+                                views_per_call=cfg.eval.batch_size)
+                  for amp in ("none", "bf16"))
     keep = fp32["valid"].bool()
     a, b, labels = fp32["scores"][keep], bf16["scores"][keep], fp32["label"][keep]
     return {"views": len(a),

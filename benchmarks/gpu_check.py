@@ -1,7 +1,7 @@
 """GPU check: MAR vs standard training, inference vs transformers, torch.compile, torchrun.
 
 One script, at most ~8 minutes on one GPU (``--budget-s``, default 480: a part that would
-start after the budget is spent is skipped with a note, never run half). Four parts:
+start after the budget is spent is skipped with a note, never run half). Five parts:
 
 1. bf16 training steps, MAR against standard (the analogue of the paper's Table V):
    median step time and ``torch.cuda.max_memory_allocated`` peak. MAR = cell running
@@ -22,6 +22,9 @@ start after the budget is spent is skipped with a note, never run half). Four pa
    all_gather_object and one DDP training step of a small MAR model. The probe is
    needed because ``mar``'s trainer creates a process group only when WORLD_SIZE > 1:
    a one-process run does no collective at all.
+5. every command that runs a model, with ``--device cuda``: ``mar predict`` (fp32 and
+   ``--amp bf16``), ``eval``, ``extract`` and ``serve`` (one upload) on part 4's
+   checkpoint; each must exit 0 (``serve``: answer the upload).
 
 Every timing is a median after warm-up, with ``torch.cuda.synchronize()`` around it
 (``bench_inference.timed``); peak-memory statistics are reset between configurations.
@@ -484,7 +487,7 @@ def part_torchrun(setup: Setup, budget: Budget, reserve: float, work: Path) -> d
     data = work / "synth"
     synthesize(data, SynthConfig(num_frames=8, size=32, per_class_train=2, per_class_val=1))
     run = work / "run"
-    train = torchrun(["-m", "mar.cli", "train", "--out", str(run),
+    train = torchrun(["-m", "mar", "train", "--out", str(run),
                       *train_overrides(data, setup.device)], max(budget.left() - 20, 20))
     train.pop("stdout", None)
     if (run / "summary.json").is_file():
@@ -515,6 +518,115 @@ def part_torchrun(setup: Setup, budget: Budget, reserve: float, work: Path) -> d
     progress(budget, f"  torchrun probe: exit {probe['exit_code']}, backend "
                      f"{rep.get('backend')}, {probe['wall_s']:.1f} s")
     return result
+
+
+def mar_command(args: list[str], timeout: float) -> dict:
+    """``python -m mar ARGS``: exit code, wall time, the error's last lines."""
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "mar", *args], capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"exit_code": None, "wall_s": time.perf_counter() - start, "ok": False,
+                "error": f"timed out after {timeout:.0f} s"}
+    out = {"exit_code": proc.returncode, "wall_s": time.perf_counter() - start,
+           "ok": proc.returncode == 0}
+    if proc.returncode != 0:
+        lines = [x for x in proc.stderr.splitlines() if x.strip()]
+        out["error"] = " / ".join(lines[-3:])[-500:]
+    return out
+
+
+def serve_once(run: Path, video: Path, device: str, timeout: float) -> dict:
+    """``mar serve --device DEVICE``: wait for /readyz, POST one video, stop the server."""
+    import urllib.request
+
+    port = free_port()
+    start = time.perf_counter()
+    server = subprocess.Popen([sys.executable, "-m", "mar", "serve", "--checkpoint", str(run),
+                               "--device", device, "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    out = {"exit_code": None, "ok": False}
+    try:
+        while time.perf_counter() - start < timeout:
+            if server.poll() is not None:
+                out["error"] = " / ".join(server.stderr.read().splitlines()[-3:])[-500:]
+                break
+            try:
+                with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            out["error"] = f"not ready after {timeout:.0f} s"
+        if "error" not in out:
+            boundary = "marGpuCheckBoundary"
+            body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"video\"; "
+                    f"filename=\"{video.name}\"\r\nContent-Type: video/mp4\r\n\r\n"
+                    ).encode() + video.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+            request = urllib.request.Request(
+                f"{url}/v1/predict", data=body, method="POST",
+                headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+            with urllib.request.urlopen(request, timeout=timeout) as r:
+                answer = json.loads(r.read())
+            out["ok"] = bool(answer.get("top"))
+            out["exit_code"] = 0
+    except Exception as e:
+        out["error"] = first_line(e)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    out["wall_s"] = time.perf_counter() - start
+    return out
+
+
+def part_commands(setup: Setup, budget: Budget, reserve: float, work: Path) -> dict:
+    """``mar predict``, ``eval``, ``extract`` and ``serve`` with ``--device`` the GPU, on the
+    checkpoint of part 4's training run: the first GPU run of every command."""
+    run, data = work / "run", work / "synth"
+    if not (run / "config.yaml").is_file():
+        return {"skipped": "part 4 left no training run to load"}
+    device = "cuda" if setup.device == "cuda" else "cpu"
+    video = next(p for p in sorted(data.rglob("*.mp4")))
+    common = ["--checkpoint", str(run), "--device", device]
+    commands = {
+        "predict": ["predict", str(video), *common, "--json"],
+        "predict --amp bf16": ["predict", str(video), *common, "--json", "--amp", "bf16"],
+        "eval": ["eval", *common, "--set", f"data.test_list={data / 'val.csv'}"],
+        "extract": ["extract", str(data / "val.csv"), "--root", str(data), *common,
+                    "--out", str(work / "features")],
+    }
+    result = {"device": device, "commands": {}, "notes": []}
+    for name, args in commands.items():
+        if not budget.allows(reserve):
+            result["notes"].append(budget.note(f"mar {name}", reserve))
+            continue
+        result["commands"][name] = mar_command(args, max(budget.left() - reserve, 30))
+        progress(budget, f"  mar {name}: exit {result['commands'][name]['exit_code']}")
+    if budget.allows(reserve):
+        result["commands"]["serve"] = serve_once(run, video, device,
+                                                 max(budget.left() - reserve, 30))
+        progress(budget, f"  mar serve: {'ok' if result['commands']['serve']['ok'] else 'FAILED'}")
+    else:
+        result["notes"].append(budget.note("mar serve", reserve))
+    return result
+
+
+def render_commands(part: dict | None) -> list[str]:
+    lines = ["## 5. Every command on the device", ""]
+    if skipped(part):
+        return lines + skipped(part)
+    lines += [f"`mar COMMAND --device {part['device']}` on part 4's checkpoint.", ""]
+    rows = [[f"mar {name}", fmt(r["exit_code"], "d"), f"{r['wall_s']:.1f}",
+             "ok" if r["ok"] else f"FAILED: {r.get('error')}"]
+            for name, r in part["commands"].items()]
+    lines += table(["command", "exit code", "wall s", "result"], "lrrl", rows)
+    return lines + notes_md(part["notes"]) + [""]
 
 
 # --- the report --------------------------------------------------------------------------
@@ -563,6 +675,7 @@ def render(results: dict) -> str:
     lines += render_inference(results.get("inference"))
     lines += render_compile(results.get("compile"))
     lines += render_torchrun(results.get("torchrun"))
+    lines += render_commands(results.get("commands"))
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).rstrip() + "\n"
 
 
@@ -742,8 +855,10 @@ def main() -> int:
         setup = Setup(**(asdict(setup) | {"compile_backend": args.compile_backend}))
     # Seconds a part must have left to start. A configuration inside a part also keeps
     # the reserves of the parts after it, so a slow part cannot crowd them out.
-    reserve = ({"training": 5, "inference": 5, "compile": 10, "torchrun": 20} if args.tiny
-               else {"training": 30, "inference": 20, "compile": 120, "torchrun": 60})
+    reserve = ({"training": 5, "inference": 5, "compile": 10, "torchrun": 20, "commands": 10}
+               if args.tiny else
+               {"training": 30, "inference": 20, "compile": 120, "torchrun": 60,
+                "commands": 30})
     keep = {k: sum(list(reserve.values())[i:]) for i, k in enumerate(reserve)}
     budget = Budget(args.budget_s)
     out = Path(args.out)
@@ -754,14 +869,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         work = Path(tmp)
         parts = {
-            "training": ("part 1/4: training steps",
+            "training": ("part 1/5: training steps",
                          lambda: part_training(setup, budget, keep["training"])),
-            "inference": ("part 2/4: inference vs transformers",
+            "inference": ("part 2/5: inference vs transformers",
                           lambda: part_inference(setup, budget, keep["inference"], work)),
-            "compile": ("part 3/4: torch.compile",
+            "compile": ("part 3/5: torch.compile",
                         lambda: part_compile(setup, budget, keep["compile"])),
-            "torchrun": ("part 4/4: torchrun",
+            "torchrun": ("part 4/5: torchrun",
                          lambda: part_torchrun(setup, budget, keep["torchrun"], work)),
+            "commands": ("part 5/5: every command with --device",
+                         lambda: part_commands(setup, budget, keep["commands"], work)),
         }
         for key, (title, fn) in parts.items():
             run_part(results, key, title, budget, reserve[key], fn)

@@ -174,9 +174,9 @@ def run_one(demo: DemoConfig, data: Path, spec: dict, seed: int, out: Path,
     cfg = study_config(demo, data, overrides)
     run_dir = out / "work" / f"seed{seed}"
     summary = train(cfg, run_dir, overwrite=True)
-    from mar.inference import load_run
+    from mar.inference import load_model
 
-    model, cfg = load_run(run_dir / "best")
+    model, cfg = load_model(run_dir / "best")
     info = init_distributed("cpu")
     result = {"train_s": summary["wall_time_s"], "top1": {}}
     for ratio in spec["test_ratios"]:

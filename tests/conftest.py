@@ -63,3 +63,36 @@ def tiny_lists(tmp_path_factory) -> dict[str, Path]:
         out[split] = root / f"{split}.csv"
         out[split].write_text("\n".join(lines) + "\n")
     return out
+
+
+# the random models of the inference, serving and extraction tests
+MODEL = {"name": "vit_nano", "num_classes": 6, "num_frames": 8, "img_size": 64,
+         "patch_size": 16, "decoder": True}         # token grid (4, 4, 4): 64 tokens
+TINY_MODEL = {"name": "vit_nano", "num_classes": 4, "num_frames": 4, "img_size": 32,
+              "patch_size": 8}                       # token grid (2, 4, 4): 32 tokens
+CELL_50 = {"name": "cell_running", "ratio": 0.5}
+
+
+def make_model_dir(path: Path, kwargs: dict = MODEL, masking: dict = CELL_50,
+                   class_names: bool = True) -> Path:
+    """A mar model directory of a random (seed 0) model, recorded as tested at
+    ``masking``; with ``class_names``, a ``classes.txt`` beside it."""
+    import torch
+
+    from mar import create_model
+    from mar.models.io import save_model
+
+    torch.manual_seed(0)
+    save_model(create_model(**kwargs), kwargs, path, masking=masking)
+    if class_names:
+        classes = kwargs["num_classes"]
+        (path / "classes.txt").write_text("\n".join(f"class {i}" for i in range(classes))
+                                          + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    """:data:`MODEL` (with its reconstruction decoder) at cell running 50 %, with class
+    names; shared by every test that only reads it."""
+    return make_model_dir(tmp_path_factory.mktemp("models") / "mar")

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -81,7 +82,7 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
 
 
 def test_console_script_prints_the_paper_table():
-    exe = subprocess.run([sys.executable, "-m", "mar.cli", "flops", "--paper", "--json"],
+    exe = subprocess.run([sys.executable, "-m", "mar", "flops", "--paper", "--json"],
                          capture_output=True, text=True, check=True)
     rows = json.loads(exe.stdout)
     assert len(rows) >= 25
@@ -100,7 +101,7 @@ def test_data_section_builds_datasets_and_checks_consistency(tmp_path):
     train = cfg.dataset("train")
     assert train[0]["video"].shape == (3, 8, 64, 64)
     test = cfg.dataset("test")
-    assert len(test) == 2 * 2 * 3
+    assert len(test) == 2 and test[0]["video"].shape == (2 * 3, 3, 8, 64, 64)
     with pytest.raises(ConfigError, match="data.val_list is not set"):
         cfg.dataset("val")
     with pytest.raises(ConfigError, match=r"data.num_frames \(16\) differs from model"):
@@ -117,3 +118,12 @@ def test_help_and_argument_errors_do_not_import_torch():
             "print('heavy:', heavy)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "heavy: []" in out.stdout, out.stdout[-500:] + out.stderr[-2000:]
+
+
+def test_docs_cli_md_is_the_parser_s_reference():
+    """docs/cli.md is generated from the parser; regenerate it with
+    `python -m mar.cli.reference > docs/cli.md` when a command or option changes."""
+    from mar.cli.reference import markdown
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    assert page == markdown(), "docs/cli.md is stale: python -m mar.cli.reference > docs/cli.md"

@@ -20,17 +20,17 @@ from transformers import (
 )
 
 from mar import create_model, make_masking
+from mar.cli.convert import add_parser
 from mar.config import ModelConfig
 from mar.convert import (
     ConversionError,
     ModelFileError,
     convert_checkpoint,
-    load_model,
+    load_model_dir,
     read_checkpoint,
     save_model,
 )
 from mar.convert.architecture import infer_architecture, mlp_ratio_for
-from mar.convert.cli import add_parser
 from mar.convert.formats import Hints, get_format
 from mar.convert.rules import apply_rules
 from mar.models import IMAGENET_MEAN, IMAGENET_STD, sinusoid_table
@@ -155,8 +155,8 @@ def test_videomae_finetuned_checkpoint(tmp_path):
     assert report.masking == {"name": "none", "ratio": 0.0}
     assert "test-time masking: none (all tokens)" in "\n".join(report.lines())
     with torch.no_grad():
-        assert torch.equal(model(VIDEO, MASK), src(VIDEO, MASK))
-        assert torch.equal(model(VIDEO), src(VIDEO))
+        assert torch.equal(model.classify(VIDEO, MASK), src.classify(VIDEO, MASK))
+        assert torch.equal(model.classify(VIDEO), src.classify(VIDEO))
 
 
 def test_official_mar_checkpoint(tmp_path):
@@ -254,9 +254,9 @@ def test_transformers_classification(tmp_path):
         assert any("fc_norm with eps 1e-5" in n for n in report.notes)
         with torch.no_grad():
             # within the eps difference: transformers' fc_norm uses 1e-5, VideoMAE's 1e-6
-            assert torch.allclose(model(VIDEO), theirs, atol=1e-4)
+            assert torch.allclose(model.classify(VIDEO), theirs, atol=1e-4)
             model.head.fc_norm.eps = hf.fc_norm.eps
-            assert torch.allclose(model(VIDEO), theirs, atol=1e-5)
+            assert torch.allclose(model.classify(VIDEO), theirs, atol=1e-5)
 
 
 def test_transformers_first_token_classifier_needs_drop_head(tmp_path):
@@ -282,7 +282,7 @@ def test_wrappers_and_ddp_prefix(tmp_path, wrapper, ddp):
     assert not (report.missing or report.unexpected)
     assert any("'module.'" in n for n in report.notes) == ddp
     with torch.no_grad():
-        assert torch.equal(model(VIDEO), src(VIDEO))
+        assert torch.equal(model.classify(VIDEO), src.classify(VIDEO))
 
 
 def test_a_missing_key_fails_loudly(tmp_path):
@@ -344,7 +344,11 @@ def test_the_pth_loader_never_runs_code(tmp_path):
     marker = tmp_path / "payload-ran"
     path = _save({"model": {"w": torch.ones(1)}, "extra": _Payload(str(marker))},
                  tmp_path / "evil.pth")
-    with pytest.raises(ConversionError, match=r"evil\.pth: refused.*posix\.mkdir|refused"):
+    # os.mkdir pickles as posix.mkdir (nt.mkdir on Windows): the file, the refusal, what
+    # it would have run and why
+    with pytest.raises(ConversionError, match=r"evil\.pth: refused: the file would construct "
+                       r"(posix|nt)\.mkdir, and mar only loads weights \(torch\.load "
+                       r"weights_only=True\)"):
         read_checkpoint(path)
     assert not marker.exists()
 
@@ -379,7 +383,7 @@ def test_save_and_load_model_round_trip(tmp_path):
                                                      "masking.json", "model.safetensors"]
     assert json.loads((out / "masking.json").read_text()) == report.masking
     assert json.loads((out / "conversion.json").read_text())["masking"] == report.masking
-    loaded, config = load_model(out)
+    loaded, config = load_model_dir(out)
     assert config == report.config
     assert ModelConfig(**config).name == "vit_nano"     # the training config accepts it
     with torch.no_grad():
@@ -414,15 +418,15 @@ def test_mar_convert_command(tmp_path, capsys):
     assert "(mar): loaded" in out and "decoder.blocks.0.norm1.weight: reconstruction decoder" \
         in out and "cls_head.mask_token: created by the official model" in out
     assert "test-time masking cell_running, ratio 0.5" in out.splitlines()[-1]
-    model, config = load_model(tmp_path / "out")
+    model, config = load_model_dir(tmp_path / "out")
     assert config["decoder"] is False and model.decoder is None
     assert _masking(tmp_path / "out") == {"name": "cell_running", "ratio": 0.5}
-    assert _run(["convert", str(src), str(tmp_path / "out")]) == 1          # exists
-    assert _run(["convert", str(src), str(tmp_path / "o2"), "--num-classes", "9"]) == 1
+    assert _run(["convert", str(src), str(tmp_path / "out")]) == 2          # exists
+    assert _run(["convert", str(src), str(tmp_path / "o2"), "--num-classes", "9"]) == 2
     captured = capsys.readouterr()
     assert "5 classes but num_classes=9" in captured.err
     assert len(captured.err.strip().splitlines()) == 2                    # one line per failure
-    assert _run(["convert", str(tmp_path / "none.pth"), str(tmp_path / "o3")]) == 1
+    assert _run(["convert", str(tmp_path / "none.pth"), str(tmp_path / "o3")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("mar convert: error:") and "none.pth: no such file" in err
     assert "\n" not in err
@@ -451,8 +455,8 @@ def test_mar_convert_test_masking_override(tmp_path, capsys):
     assert _masking(tmp_path / "d") == {"name": "none", "ratio": 0.0}
     capsys.readouterr()
     # a ratio for a model run on all tokens, or an impossible ratio: one-line errors
-    assert _run(["convert", str(videomae), str(tmp_path / "e"), "--mask-ratio", "0.5"]) == 1
-    assert _run(["convert", str(official), str(tmp_path / "f"), "--mask-ratio", "1.0"]) == 1
+    assert _run(["convert", str(videomae), str(tmp_path / "e"), "--mask-ratio", "0.5"]) == 2
+    assert _run(["convert", str(official), str(tmp_path / "f"), "--mask-ratio", "1.0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "--test-masking cell_running" in err[0]
     assert "cell_running, ratio 1.0" in err[1] and "--mask-ratio" in err[1]
@@ -520,16 +524,16 @@ def test_transformers_classifier_of_any_shape(tmp_path):
     model.head.fc_norm.eps = hf.fc_norm.eps          # transformers' 1e-5 (VideoMAE: 1e-6)
     with torch.no_grad():
         theirs = hf(VIDEO.transpose(1, 2)).logits
-        assert torch.allclose(model(VIDEO), theirs, atol=1e-5)
+        assert torch.allclose(model.classify(VIDEO), theirs, atol=1e-5)
     save_model(model, cfg, tmp_path / "mar", masking=report.masking, report=report)
     assert _masking(tmp_path / "mar") == {"name": "none", "ratio": 0.0}
-    loaded, config = load_model(tmp_path / "mar")
+    loaded, config = load_model_dir(tmp_path / "mar")
     assert config == cfg
     rebuilt = _rebuild(tmp_path / "mar")
     for m in (loaded, rebuilt):
         m.head.fc_norm.eps = hf.fc_norm.eps
         with torch.no_grad():
-            assert torch.allclose(m(VIDEO), theirs, atol=1e-5)
+            assert torch.allclose(m.classify(VIDEO), theirs, atol=1e-5)
 
 
 def _official_finetuned_state(**kw) -> dict:
@@ -568,12 +572,12 @@ def test_official_giant_width_checkpoint_converts(tmp_path):
     assert report.masking == {"name": "none", "ratio": 0.0}
     video = torch.randn(1, 3, 2, 28, 28)
     with torch.no_grad():
-        expected = src(video)
-        assert torch.equal(model(video), expected)
+        expected = src.classify(video)
+        assert torch.equal(model.classify(video), expected)
     save_model(model, cfg, tmp_path / "mar", masking=report.masking)
     del model, src
     with torch.no_grad():
-        assert torch.equal(_rebuild(tmp_path / "mar")(video), expected)
+        assert torch.equal(_rebuild(tmp_path / "mar").classify(video), expected)
 
 
 def test_mlp_ratio_gives_the_file_mlp_width_for_every_width():
@@ -597,10 +601,10 @@ def test_unknown_width_needs_num_heads(tmp_path):
     model, report = convert_checkpoint(path, num_heads=3, **CLIP)
     assert report.config["num_heads"] == 3 and report.config["mlp_ratio"] == 4.0
     with torch.no_grad():
-        assert torch.equal(model(VIDEO, MASK), src(VIDEO, MASK))
-    assert _run(["convert", str(path), str(tmp_path / "x")]) == 1
+        assert torch.equal(model.classify(VIDEO, MASK), src.classify(VIDEO, MASK))
+    assert _run(["convert", str(path), str(tmp_path / "x")]) == 2
     assert _run(["convert", str(path), str(tmp_path / "y"), "--num-heads", "3"]) == 0
-    assert load_model(tmp_path / "y")[1]["num_heads"] == 3
+    assert load_model_dir(tmp_path / "y")[1]["num_heads"] == 3
 
 
 def test_heads_of_a_known_size_from_the_config_must_agree(tmp_path):

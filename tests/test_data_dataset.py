@@ -12,7 +12,9 @@ from mar.data import (
     TrainTransform,
     VideoDataset,
     VideoRecord,
+    VideoViews,
     collate,
+    collate_views,
 )
 
 SMALL = TrainTransform(crop_size=32, rand_augment=None)
@@ -29,7 +31,7 @@ def videos(tmp_path_factory):
 
 def test_training_clips_come_from_the_sampled_frames(videos):
     good, _ = videos
-    ds = VideoDataset([VideoRecord(str(p), i) for i, p in enumerate(good)], train=True,
+    ds = VideoDataset([VideoRecord(str(p), i) for i, p in enumerate(good)],
                       sampling=ClipSampling("dense", num_frames=4, stride=2),
                       train_transform=TrainTransform(crop_size=32, rand_augment=None,
                                                      erase_prob=0, flip_prob=0,
@@ -43,7 +45,7 @@ def test_training_clips_come_from_the_sampled_frames(videos):
 def test_corrupt_videos_never_stop_an_epoch(videos):
     good, bad = videos
     records = [VideoRecord(str(p), 0) for p in good + bad] * 2
-    ds = VideoDataset(records, train=True, sampling=ClipSampling("dense", 4, 2),
+    ds = VideoDataset(records, sampling=ClipSampling("dense", 4, 2),
                       train_transform=SMALL)
     loader = DataLoader(ds, batch_size=4, num_workers=2, collate_fn=collate)
     seen, skipped = 0, []
@@ -61,7 +63,7 @@ def test_corrupt_videos_never_stop_an_epoch(videos):
 def test_each_bad_file_warns_once_per_process(videos):
     good, bad = videos
     ds = VideoDataset([VideoRecord(str(bad[0]), 0), VideoRecord(str(good[0]), 1)],
-                      train=True, sampling=ClipSampling("dense", 4, 2), train_transform=SMALL)
+                      sampling=ClipSampling("dense", 4, 2), train_transform=SMALL)
     with pytest.warns(UserWarning, match="skipping unreadable video") as record:
         for _ in range(3):
             ds[0]
@@ -70,7 +72,7 @@ def test_each_bad_file_warns_once_per_process(videos):
 
 def test_all_bad_gives_up_with_a_clear_error(videos):
     _, bad = videos
-    ds = VideoDataset([VideoRecord(str(p), 0) for p in bad], train=True, max_retries=3,
+    ds = VideoDataset([VideoRecord(str(p), 0) for p in bad], max_retries=3,
                       sampling=ClipSampling("dense", 4, 2), train_transform=SMALL)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -83,7 +85,7 @@ def test_items_are_reproducible_per_seed_epoch_and_index(videos):
     records = [VideoRecord(str(p), 0) for p in good]
 
     def make():
-        return VideoDataset(records, train=True, sampling=ClipSampling("dense", 4, 2),
+        return VideoDataset(records, sampling=ClipSampling("dense", 4, 2),
                             train_transform=TrainTransform(crop_size=32), seed=5)
 
     a, b = make(), make()
@@ -94,7 +96,7 @@ def test_items_are_reproducible_per_seed_epoch_and_index(videos):
 
 def test_repeated_augmentation_flattens_into_the_batch(videos):
     good, _ = videos
-    ds = VideoDataset([VideoRecord(str(p), i) for i, p in enumerate(good)], train=True,
+    ds = VideoDataset([VideoRecord(str(p), i) for i, p in enumerate(good)],
                       repeats=2, sampling=ClipSampling("dense", 4, 2), train_transform=SMALL)
     item = ds[0]
     assert item["video"].shape == (2, 3, 4, 32, 32)
@@ -107,25 +109,27 @@ def test_repeated_augmentation_flattens_into_the_batch(videos):
 def test_multi_view_test_items_are_tagged_and_bad_views_marked(videos):
     good, bad = videos
     records = [VideoRecord(str(good[0]), 3), VideoRecord(str(bad[0]), 4)]
-    ds = VideoDataset(records, train=False, num_clips=2,
-                      sampling=ClipSampling("segment", num_frames=4),
-                      eval_transform=EvalTransform(crop_size=32, num_crops=3))
-    assert len(ds) == 12
-    tags = [(ds[i]["index"], ds[i]["clip"], ds[i]["crop"]) for i in range(6)]
-    assert tags == [(0, c, k) for c in range(2) for k in range(3)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        bad_item = ds[7]
-    assert bad_item["valid"] is False and bad_item["skipped"] == [str(bad[0])]
-    assert bad_item["video"].shape == ds[0]["video"].shape
-    batch = collate([ds[0], bad_item])
-    assert batch["valid"].tolist() == [True, False] and batch["clip"].tolist() == [0, 0]
+    ds = VideoViews(records, num_clips=2, sampling=ClipSampling("segment", num_frames=4),
+                    eval_transform=EvalTransform(crop_size=32, num_crops=3))
+    assert len(ds) == 2
+    item, bad_item = ds[0], ds[1]
+    assert item["video"].shape == (6, 3, 4, 32, 32) and item["valid"] and item["label"] == 3
+    assert item["clip"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert item["crop"].tolist() == [0, 1, 2, 0, 1, 2]
+    assert bad_item["valid"] is False and str(bad[0]) in bad_item["error"]
+    assert bad_item["video"].shape == item["video"].shape
+    batch = collate_views([item, bad_item])
+    assert batch["video"].shape == (12, 3, 4, 32, 32)
+    assert batch["valid"].tolist() == [True] * 6 + [False] * 6
+    assert batch["index"].tolist() == [0] * 6 + [1] * 6
+    assert batch["label"].tolist() == [3] * 6 + [4] * 6
+    assert batch["crop"].tolist() == [0, 1, 2] * 4 and list(batch["error"]) == [1]
 
 
 def test_real_files_through_the_full_training_pipeline():
     records = [VideoRecord(str(REAL / n), i) for i, n in
                enumerate(["bigbuckbunny.mp4", "Megamind.avi", "Megamind_bugy.avi", "tree.avi"])]
-    ds = VideoDataset(records, train=True)
+    ds = VideoDataset(records)
     for i in range(len(ds)):
         item = ds[i]
         assert item["video"].shape == (3, 16, 224, 224) and item["skipped"] == []
@@ -135,7 +139,7 @@ def test_real_files_through_the_full_training_pipeline():
 def test_decoded_cache_gives_the_same_items(videos, monkeypatch):
     good, _ = videos
     records = [VideoRecord(str(p), i) for i, p in enumerate(good)]
-    kw = dict(train=True, sampling=ClipSampling("dense", 4, 2), train_transform=SMALL, seed=3)
+    kw = dict(sampling=ClipSampling("dense", 4, 2), train_transform=SMALL, seed=3)
     plain, cached = VideoDataset(records, **kw), VideoDataset(records, cache=True, **kw)
     first = [cached[i]["video"] for i in range(4)]
     calls = []
@@ -147,23 +151,26 @@ def test_decoded_cache_gives_the_same_items(videos, monkeypatch):
 
 
 def test_views_per_video_are_the_test_views_decoded_once_and_scaled_by_the_decoder():
-    """`mar predict`'s fast path (VideoViews) gives the views of VideoDataset's test items,
-    in the same order, up to the resize kernel (FFmpeg's area scaling vs torchvision's
-    antialiased bilinear) -- on a real 1280x720 file, 2 clips x 3 crops."""
-    from mar.data import ClipSampling, EvalTransform, VideoDataset, VideoRecord, VideoViews
+    """The test views (VideoViews) equal each clip decoded at full size and then resized
+    and cropped by the transform, in the same order, up to the resize kernel (FFmpeg's
+    area scaling vs torchvision's antialiased bilinear) -- on a real 1280x720 file, 2
+    clips x 3 crops."""
+    from mar.data import ClipSampling, EvalTransform, VideoRecord, VideoViews, make_backend
 
-    records = [VideoRecord(str(REAL / "bigbuckbunny.mp4"), 0),
-               VideoRecord(str(REAL / "missing.mp4"), 0)]
+    path = str(REAL / "bigbuckbunny.mp4")
+    records = [VideoRecord(path, 0), VideoRecord(str(REAL / "missing.mp4"), 0)]
     sampling = ClipSampling("segment", 8)
     transform = EvalTransform(64, 3)
     views = VideoViews(records, sampling=sampling, eval_transform=transform, num_clips=2)
-    each = VideoDataset(records, train=False, sampling=sampling, eval_transform=transform,
-                        num_clips=2)
     item = views[0]
     assert item["valid"] and item["video"].shape == (6, 3, 8, 64, 64)
+    backend = make_backend("pyav")
+    info = backend.probe(path)
     for v in range(6):
-        ref = each[v]["video"]
-        diff = (item["video"][v] - ref).abs()
+        clip, crop = divmod(v, 3)
+        frames = backend.read(path, sampling.indices(info.num_frames, train=False, clip=clip,
+                                                     num_clips=2), info)
+        diff = (item["video"][v] - transform(frames, crop)).abs()
         assert diff.mean() < 0.05 and diff.max() < 1.5, (v, diff.mean(), diff.max())
     assert (item["video"][0] - item["video"][2]).abs().mean() > 0.1  # crops differ
     bad = views[1]

@@ -141,7 +141,7 @@ def test_a_text_file_is_refused_by_the_decoder_with_a_clear_message(text_file, t
     import av
 
     from mar.data.decode import refuse_text_file
-    from mar.timeline import stream_windows
+    from mar.data.windows import stream_windows
 
     with av.open(str(text_file)) as container:   # what FFmpeg alone would do with it
         assert container.format.name == "tty" and len(container.streams.video) == 1
@@ -164,14 +164,21 @@ def test_a_text_file_is_refused_by_the_decoder_with_a_clear_message(text_file, t
 def test_a_text_file_in_an_epoch_is_skipped(text_file, tmp_path):
     import warnings
 
-    from mar.data import ClipSampling, EvalTransform, TrainTransform, VideoDataset, VideoRecord
+    from mar.data import (
+        ClipSampling,
+        EvalTransform,
+        TrainTransform,
+        VideoDataset,
+        VideoRecord,
+        VideoViews,
+    )
 
     good = write_video(tmp_path / "good.mp4", num_frames=24)
     records = [VideoRecord(str(text_file), 0), VideoRecord(str(good), 1)]
-    train = VideoDataset(records, train=True, sampling=ClipSampling("dense", 4, 2),
+    train = VideoDataset(records, sampling=ClipSampling("dense", 4, 2),
                          train_transform=TrainTransform(crop_size=32, rand_augment=None))
-    test = VideoDataset(records, train=False, sampling=ClipSampling("segment", 4),
-                        eval_transform=EvalTransform(crop_size=32))
+    test = VideoViews(records, sampling=ClipSampling("segment", 4),
+                      eval_transform=EvalTransform(crop_size=32))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         item = train[0]                          # drawn again from the list instead
@@ -179,6 +186,7 @@ def test_a_text_file_in_an_epoch_is_skipped(text_file, tmp_path):
         assert item["video"].shape[1] == 4
         assert test[0]["valid"] is False and test[1]["valid"] is True
     assert any("not a video" in str(w.message) for w in caught)
+    assert "not a video" in test[0]["error"]
 
 
 def test_mar_predict_on_a_text_file_exits_non_zero_with_one_line_error(text_file, tmp_path,

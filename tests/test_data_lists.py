@@ -134,7 +134,7 @@ def test_data_check_and_bench_on_the_real_files(tmp_path):
     lst.write_text("".join(f"{REAL / n} {i}\n" for i, n in
                            enumerate(["bigbuckbunny.mp4", "Megamind.avi", "tree.avi"]))
                    + f"{tmp_path / 'empty.mp4'} 0\n")
-    out = subprocess.run([sys.executable, "-m", "mar.cli", "data", "check", str(lst),
+    out = subprocess.run([sys.executable, "-m", "mar", "data", "check", str(lst),
                           "--clean-list", str(tmp_path / "clean.csv")],
                          capture_output=True, text=True, check=True).stdout
     assert "2 ok, 1 suspicious, 1 unreadable" in out
@@ -142,7 +142,7 @@ def test_data_check_and_bench_on_the_real_files(tmp_path):
     assert len(read_list(tmp_path / "clean.csv")) == 3
     report = (tmp_path / "real.csv.check.csv").read_text()
     assert "tree.avi,2,suspicious,68,444" in report
-    out = subprocess.run([sys.executable, "-m", "mar.cli", "data", "bench",
+    out = subprocess.run([sys.executable, "-m", "mar", "data", "bench",
                           str(tmp_path / "clean.csv"), "--backend", "pyav", "--clips", "4",
                           "--workers", "0", "--crop-size", "64"],
                          capture_output=True, text=True, check=True).stdout

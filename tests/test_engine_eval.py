@@ -64,7 +64,7 @@ def test_evaluation_uses_no_more_loader_workers_than_cores(tiny_lists, monkeypat
 
     from conftest import as_args, shrink
 
-    import mar.engine.loader as loader
+    import mar.data
     from mar.config import load_config
     from mar.engine.distributed import init_distributed
     from mar.engine.evaluate import run_eval
@@ -75,7 +75,7 @@ def test_evaluation_uses_no_more_loader_workers_than_cores(tiny_lists, monkeypat
         seen.append(workers)
         raise RuntimeError("stop")
 
-    monkeypatch.setattr(loader, "build_loader", record)
+    monkeypatch.setattr(mar.data, "view_loader", record)
     config = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
     cfg = load_config(config, as_args(shrink(config, tiny_lists, **{"data.num_workers": 64})))
     with pytest.raises(RuntimeError, match="stop"):

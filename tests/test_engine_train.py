@@ -78,12 +78,12 @@ def test_two_gloo_processes_evaluate_like_one(squares, tmp_path):
             *overrides(train_list, **{"data.test_list": str(train_list), "data.test_clips": 2,
                                       "data.test_crops": 3, "eval.batch_size": 5})]
     one = tmp_path / "one"
-    subprocess.run([sys.executable, "-m", "mar.cli", *args, "--out", str(one)], check=True,
+    subprocess.run([sys.executable, "-m", "mar", *args, "--out", str(one)], check=True,
                    capture_output=True)
     two = tmp_path / "two"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                    "--master_port", "29517", "-m", "mar.cli", *args, "--out", str(two)],
+                    "--master_port", "29517", "-m", "mar", *args, "--out", str(two)],
                    check=True, capture_output=True, env=env)
     a = json.loads((one / "eval.json").read_text())
     b = json.loads((two / "eval.json").read_text())
@@ -98,7 +98,7 @@ def test_two_gloo_processes_train(squares, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29518", "-m", "mar.cli", "train", "--out", str(run),
+           "--master_port", "29518", "-m", "mar", "train", "--out", str(run),
            str(TINY_CPU), *overrides(train_list, **{"train.epochs": 1, "train.batch_size": 4,
                                      "train.max_steps": 3})]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -116,7 +116,7 @@ def test_pretrain_then_finetune_from_it(squares, tmp_path):
     args = overrides(train_list, **{"data.val_list": str(val_list), "train.epochs": 6,
                                     "masking.name": "tube", "masking.ratio": 0.75,
                                     "model.norm_target": "false"})
-    out = subprocess.run([sys.executable, "-m", "mar.cli", "pretrain", "--out", str(pre),
+    out = subprocess.run([sys.executable, "-m", "mar", "pretrain", "--out", str(pre),
                           str(TINY_CPU), *args], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     losses = list(_losses(pre).values())

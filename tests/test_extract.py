@@ -13,29 +13,28 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_MODEL, make_model_dir
 from safetensors import safe_open
 from safetensors.torch import load_file
 from videos import corrupt, write_video
 
-from mar import create_model
-from mar.data import VideoRecord
-from mar.extract import feature_name, main
-from mar.inference import load_run
-from mar.models.io import save_model
+from mar.cli import main as mar_main
+from mar.inference import load_model
+from mar.inference.extract import feature_name
 
-KWARGS = {"name": "vit_nano", "num_classes": 4, "num_frames": 4, "img_size": 32,
-          "patch_size": 8}                      # token grid (2, 4, 4): 32 tokens
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def main(args: list[str]) -> int:
+    return mar_main(["extract", *args])
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    """A random tiny MAR model directory, recorded as tested at cell running 50 %."""
-    d = tmp_path_factory.mktemp("extract-model") / "mar"
-    torch.manual_seed(0)
-    save_model(create_model(**KWARGS), KWARGS, d,
-               masking={"name": "cell_running", "ratio": 0.5})
-    return d
+    """A random tiny MAR model directory (token grid 2 x 4 x 4: 32 tokens), recorded as
+    tested at cell running 50 %."""
+    return make_model_dir(tmp_path_factory.mktemp("extract-model") / "mar", TINY_MODEL,
+                          class_names=False)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +60,7 @@ def one_thread():
 
 
 def cli(*args) -> list[str]:
-    return [sys.executable, "-m", "mar.extract", *map(str, args)]
+    return [sys.executable, "-m", "mar", "extract", *map(str, args)]
 
 
 def manifest(out: Path) -> dict:
@@ -72,29 +71,38 @@ def outputs(out: Path) -> dict[str, dict[str, torch.Tensor]]:
     return {p.name: load_file(p) for p in sorted((out / "features").glob("*.safetensors"))}
 
 
-def test_features_are_the_pooled_encoder_tokens_of_the_test_views(model_dir, videos, tmp_path,
-                                                                  capsys):
+def test_features_are_the_encoder_tokens_that_predict_classifies(model_dir, videos, tmp_path,
+                                                                 capsys):
+    """The saved tokens, put through the model's head, give `mar predict`'s probabilities
+    for the same video and views (another command, its own loader): extraction used the
+    same views, the same test-time mask and the same encoder pass; the features are the
+    tokens' mean and the token ids the mask's visible tokens."""
+    from mar.inference import predict
+
     out = tmp_path / "out"
     assert main([str(videos), "--checkpoint", str(model_dir), "--out", str(out), "--tokens",
                  "--clips", "2", "--crops", "3", "--batch-size", "6", "--workers", "0"]) == 0
     assert "6 of 6 videos extracted (2 x 3 views each)" in capsys.readouterr().err
-    model, cfg = load_run(model_dir)
+    model, cfg = load_model(model_dir, None, ["data.test_clips=2", "data.test_crops=3"])
     m = manifest(out)
     assert m["complete"] and m["summary"] == {"videos": 6, "ok": 6, "errors": 0, "reused": 0}
     names = {r["key"]: r["file"] for r in m["videos"]}
     assert len(set(names.values())) == 6            # a/b.mp4 and a_b.mp4 kept apart
-    mask = cfg.test_masking()(6, model.grid, train=False)
-    for record in m["videos"]:
+    masking = cfg.test_masking()
+    mask = masking(6, model.grid, train=False)
+    assert mask.num_visible == 16
+    predicted = predict(model, cfg, [Path(r["video"]) for r in m["videos"]], masking,
+                        topk=4, workers=0)
+    for record, pred in zip(m["videos"], predicted, strict=True):
         assert record["status"] == "ok" and record["views"] == 6
         data = load_file(out / record["file"])
-        views = cfg.eval_dataset([VideoRecord(record["video"], 0)], 2, 3)
-        clip = torch.stack([views[i]["video"] for i in range(6)])
-        with torch.no_grad():
-            tokens = model.forward_features(clip, mask)            # (6, 16, 64)
+        tokens = data["tokens"]
         assert tokens.shape == (6, 16, 64)
-        assert torch.equal(data["features"], tokens.mean(1))
-        assert torch.equal(data["tokens"], tokens)
+        assert torch.allclose(data["features"], tokens.mean(1), atol=1e-6)
         assert torch.equal(data["token_ids"], mask.ids_keep[0])
+        with torch.no_grad():
+            probs = model.forward_head(tokens, mask).softmax(-1).mean(0)
+        assert torch.allclose(probs[pred.classes], torch.tensor(pred.probs), atol=1e-5)
         assert data["clip"].tolist() == [0, 0, 0, 1, 1, 1]
         assert data["crop"].tolist() == [0, 1, 2, 0, 1, 2]
         with safe_open(str(out / record["file"]), "pt") as f:
@@ -142,8 +150,8 @@ def test_a_bad_video_is_reported_and_the_rest_extracted(model_dir, videos, tmp_p
             "--crops", "2", "--workers", "1"]            # decoding in a loader worker
     assert main(args) == 1
     err = capsys.readouterr().err
-    assert f"error: 2 of 2 views failed: {bad}: cannot open as video" in err
-    assert f"error: 2 of 2 views failed: {empty}: empty file" in err
+    assert f"error: {bad}: cannot open as video" in err
+    assert f"error: {empty}: empty file" in err
     assert "2 of 4 videos extracted" in err
     m = manifest(out)
     assert [(r["label"], r["status"], r["views"]) for r in m["videos"]] == [
@@ -239,9 +247,9 @@ def test_bad_arguments_are_one_line_errors(model_dir, videos, tmp_path, capsys):
     assert main([str(tmp_path / "missing"), "--checkpoint", str(model_dir),
                  "--out", str(out)]) == 2
     assert "missing: no such file or folder" in capsys.readouterr().err
-    assert main([str(videos), "--checkpoint", str(model_dir), "--out", str(out),
-                 "--clips", "0"]) == 2
-    assert "--clips must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:           # argparse: usage and one line, exit 2
+        main([str(videos), "--checkpoint", str(model_dir), "--out", str(out), "--clips", "0"])
+    assert e.value.code == 2 and "--clips: must be >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([str(videos), "--checkpoint", str(model_dir), "--out", str(out),
               "--mask-ratio", "0.5", "--all-tokens"])

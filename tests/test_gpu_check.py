@@ -44,7 +44,7 @@ def test_tiny_gpu_check_runs_every_part(tmp_path):
     text = out.read_text()
     assert text.strip() in proc.stdout
     parts = sections(text)
-    assert {"Machine", "1", "2", "3", "4"} <= set(parts), list(parts)
+    assert {"Machine", "1", "2", "3", "4", "5"} <= set(parts), list(parts)
     assert "torch " in parts["Machine"] and "CPU" in parts["Machine"]
 
     # 1. training: both settings at both batch sizes, MAR on half the tokens
@@ -86,6 +86,11 @@ def test_tiny_gpu_check_runs_every_part(tmp_path):
     assert all(r["exit code"] == "0" and r["result"].startswith("ok") for r in rows.values())
     assert rows["mar"]["result"].startswith("ok: 3 steps")
     assert rows["collective"]["backend"] == "gloo"
+
+    rows = {r["command"]: r for r in table(parts["5"])}
+    assert set(rows) == {"mar predict", "mar predict --amp bf16", "mar eval", "mar extract",
+                         "mar serve"}, parts["5"]
+    assert all(r["exit code"] == "0" and r["result"] == "ok" for r in rows.values()), rows
 
     data = json.loads(out.with_suffix(".json").read_text())
     assert data["torchrun"]["train"]["ok"] and data["torchrun"]["probe"]["ok"]

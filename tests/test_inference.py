@@ -7,36 +7,25 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import MODEL
 from PIL import Image
 from safetensors.torch import save_file
 from videos import REAL
 
 from mar import create_model, make_masking
 from mar.data import make_backend
-from mar.inference import MaskedClassifier, export_onnx, load_run
+from mar.inference import MaskedClassifier, export_onnx, load_model
 from mar.models.io import save_model
 
-KWARGS = {"name": "vit_nano", "num_classes": 6, "num_frames": 8, "img_size": 64,
-          "patch_size": 16, "decoder": True}
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A model directory of a (random) MAR model, recorded as tested at cell running 50 %."""
-    d = tmp_path_factory.mktemp("models") / "mar"
-    torch.manual_seed(0)
-    save_model(create_model(**KWARGS), KWARGS, d,
-               masking={"name": "cell_running", "ratio": 0.5})
-    (d / "classes.txt").write_text("\n".join(f"class {i}" for i in range(6)) + "\n")
-    return d
+KWARGS = MODEL
 
 
 def test_a_model_directory_runs_with_its_recorded_masking(model_dir, tmp_path):
-    _, cfg = load_run(model_dir)
+    _, cfg = load_model(model_dir)
     assert cfg.test_masking().name == "cell_running" and cfg.test_masking().ratio == 0.5
     full = tmp_path / "full"                      # a classifier trained on all tokens
-    save_model(load_run(model_dir)[0], KWARGS, full, masking={"name": "none", "ratio": 0.0})
-    model, cfg = load_run(full)
+    save_model(load_model(model_dir)[0], KWARGS, full, masking={"name": "none", "ratio": 0.0})
+    model, cfg = load_model(full)
     mask = cfg.test_masking()(1, model.grid, train=False)
     assert mask.num_masked == 0
     out = run("predict", str(REAL / "tree.avi"), "--checkpoint", str(full), "--json",
@@ -50,18 +39,18 @@ def test_a_model_directory_without_a_masking_record_runs_on_all_tokens(tmp_path,
     legacy.mkdir()
     save_file(create_model(**KWARGS).state_dict(), str(legacy / "model.safetensors"))
     (legacy / "config.json").write_text(json.dumps(KWARGS))
-    model, cfg = load_run(legacy)
+    model, cfg = load_model(legacy)
     assert cfg.test_masking()(1, model.grid, train=False).num_masked == 0
     assert "no masking.json; using all tokens" in capsys.readouterr().err
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "mar.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "mar", *args], capture_output=True,
                           text=True)
 
 
 def test_load_run_rebuilds_the_saved_model(model_dir):
-    model, cfg = load_run(model_dir)
+    model, cfg = load_model(model_dir)
     assert cfg.model.num_classes == 6 and model.decoder is not None
     ref = create_model(**KWARGS)
     ref.load_state_dict(model.state_dict())
@@ -95,21 +84,21 @@ def test_predict_on_real_videos_and_a_folder(model_dir, tmp_path):
                                                 (None, False)])
 def test_predict_in_bf16_agrees_with_fp32_and_says_when_bf16_is_emulated(
         model_dir, capsys, monkeypatch, instructions, note):
-    import mar.inference
+    import mar.inference.device
     from mar.cli import main
 
-    monkeypatch.setattr(mar.inference, "cpu_bf16_instructions", lambda: instructions)
+    monkeypatch.setattr(mar.inference.device, "cpu_bf16_instructions", lambda: instructions)
     args = ["predict", str(REAL / "tree.avi"), str(REAL / "bigbuckbunny.mp4"), "--checkpoint",
             str(model_dir), "--json", "--topk", "6", "--set", "data.test_clips=1", "--set",
             "data.test_crops=2"]
     results = {}
-    for dtype in ("fp32", "bf16"):
-        assert main(args + ["--dtype", dtype]) == 0
+    for dtype in ("none", "bf16"):
+        assert main(args + ["--amp", dtype]) == 0
         out = capsys.readouterr()
         assert ("no bf16 instructions" in out.err) == (note and dtype == "bf16")
         results[dtype] = [{t["class"]: t["prob"] for t in r["top"]}
                           for r in json.loads(out.out)]
-    for fp32, bf16 in zip(results["fp32"], results["bf16"], strict=True):
+    for fp32, bf16 in zip(results["none"], results["bf16"], strict=True):
         assert fp32.keys() == bf16.keys()
         assert max(abs(fp32[c] - bf16[c]) for c in fp32) < 0.02
         assert fp32 != bf16                        # bf16 really ran
@@ -118,7 +107,7 @@ def test_predict_in_bf16_agrees_with_fp32_and_says_when_bf16_is_emulated(
 def test_predict_runs_a_videos_views_in_calls_of_batch_size_views(model_dir, monkeypatch):
     from mar.inference import default_views_per_call, predict
 
-    model, cfg = load_run(model_dir, None, ["data.test_clips=2", "data.test_crops=3"])
+    model, cfg = load_model(model_dir, None, ["data.test_clips=2", "data.test_crops=3"])
     calls = []
     forward = model.forward_features
 
@@ -129,10 +118,10 @@ def test_predict_runs_a_videos_views_in_calls_of_batch_size_views(model_dir, mon
     monkeypatch.setattr(model, "forward_features", counted)
     videos = [REAL / "tree.avi", REAL / "bigbuckbunny.mp4"]
     masking = cfg.test_masking()
-    split = predict(model, cfg, videos, masking, topk=6, batch_size=4, workers=0)
+    split = predict(model, cfg, videos, masking, topk=6, views_per_call=4, workers=0)
     assert calls == [4, 2, 4, 2]                  # 6 views per video, at most 4 per call
     calls.clear()
-    whole = predict(model, cfg, videos, masking, topk=6, batch_size=12, workers=0)
+    whole = predict(model, cfg, videos, masking, topk=6, views_per_call=12, workers=0)
     assert calls == [12]                          # both videos' views in one call
     assert default_views_per_call(torch.device("cpu")) == 4
     calls.clear()
@@ -163,7 +152,7 @@ def test_predict_errors(model_dir, tmp_path):
     assert out.returncode == 2 and "no model.safetensors" in out.stderr
     out = run("predict", str(REAL / "tree.avi"), "--checkpoint", str(model_dir),
               "--batch-size", "0")
-    assert out.returncode == 2 and "--batch-size must be >= 1, got 0" in out.stderr
+    assert out.returncode == 2 and "--batch-size: must be >= 1, got 0" in out.stderr
 
 
 def test_onnx_export_matches_pytorch_with_a_dynamic_batch(model_dir, tmp_path):
@@ -174,7 +163,7 @@ def test_onnx_export_matches_pytorch_with_a_dynamic_batch(model_dir, tmp_path):
               "--mask-ratio", "0.5")
     assert out.returncode == 0, out.stderr
     assert "32 of 64 tokens visible" in out.stdout
-    model, _ = load_run(model_dir)
+    model, _ = load_model(model_dir)
     session = ort.InferenceSession(str(path))
     mask = make_masking("cell_running", 0.5)
     for batch in (1, 3):
@@ -193,7 +182,7 @@ def test_masked_classifier_is_the_deploy_path():
     wrapper = MaskedClassifier(model, mask)
     x = torch.randn(2, 3, 8, 32, 32)
     full = make_masking("cell_running", 0.75)(2, model.grid, train=False)
-    assert torch.allclose(wrapper(x), model(x, full))
+    assert torch.allclose(wrapper(x), model.classify(x, full))
     with pytest.raises(ValueError, match="does not tile"):
         export_onnx(create_model("vit_nano", num_classes=3, num_frames=8, img_size=32,
                                  patch_size=8), make_masking("cell_running", 0.5, cell=(3, 3)),

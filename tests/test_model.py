@@ -33,8 +33,10 @@ def test_shapes_and_deploy_model(kwargs):
     assert model.grid == (4, 4, 4)
     assert model.decoder is None
     assert not any(n.startswith("decoder") for n, _ in model.named_parameters())
-    logits = model(clip(), cell_mask(model))
+    logits = model.classify(clip(), cell_mask(model))
     assert isinstance(logits, torch.Tensor) and logits.shape == (2, 5)
+    out = model(clip(), cell_mask(model))             # training's output: no decoder terms
+    assert torch.equal(out.logits, logits) and out.pred is None and out.target is None
 
 
 def test_encoder_blocks_see_exactly_the_visible_tokens():
@@ -61,11 +63,13 @@ def test_masked_pixels_do_not_reach_the_classifier():
     noisy[rows, mask.ids_mask] += 5 * torch.randn_like(noisy[rows, mask.ids_mask])
     changed = unpatchify(noisy, model.grid, 8, 2)
     with torch.no_grad():
-        assert torch.allclose(model(video, mask), model(changed, mask), atol=1e-6)
+        assert torch.allclose(model.classify(video, mask), model.classify(changed, mask),
+                              atol=1e-6)
         # ... while a visible patch does
         noisy[rows, mask.ids_keep[:, :1]] += 5.0
-        assert not torch.allclose(model(video, mask),
-                                  model(unpatchify(noisy, model.grid, 8, 2), mask), atol=1e-4)
+        assert not torch.allclose(model.classify(video, mask),
+                                  model.classify(unpatchify(noisy, model.grid, 8, 2), mask),
+                                  atol=1e-4)
 
 
 @pytest.mark.parametrize("kwargs", HEAD_VARIANTS)
@@ -84,10 +88,10 @@ def test_ratio_zero_equals_the_unmasked_model():
     model = create_model("vit_nano", **TINY).eval()
     video = clip()
     with torch.no_grad():
-        full = model(video)
+        full = model.classify(video)
         for name in ("cell_running", "random", "tube"):
             mask = make_masking(name, 0.0)(2, model.grid, train=False)
-            assert torch.equal(model(video, mask), full)
+            assert torch.equal(model.classify(video, mask), full)
 
 
 def test_decoder_predicts_masked_patches_in_ids_mask_order():

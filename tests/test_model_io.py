@@ -5,15 +5,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import as_args, shrink
+from conftest import TINY_MODEL, as_args, shrink
 
 from mar import create_model
 from mar.cli import main
-from mar.inference import load_run
-from mar.models.io import ModelFileError, load_model, save_model, weights_file
+from mar.inference import load_model
+from mar.models.io import ModelFileError, load_model_dir, save_model, weights_file
 
-KWARGS = {"name": "vit_nano", "num_classes": 4, "num_frames": 4, "img_size": 32,
-          "patch_size": 8}
+KWARGS = TINY_MODEL
 NONE = {"name": "none", "ratio": 0.0}
 
 
@@ -34,7 +33,7 @@ def test_a_failed_swap_keeps_the_old_model(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_model(new, KWARGS, path, masking=NONE, overwrite=True)
     monkeypatch.undo()
-    loaded, _ = load_model(path)
+    loaded, _ = load_model_dir(path)
     for key, value in old.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]   # nothing left over
@@ -66,7 +65,7 @@ def test_mar_eval_uses_eval_masking(tiny_lists, tmp_path, capsys):
     overrides = shrink(config, tiny_lists, steps=2)
     run = tmp_path / "run"
     assert main(["train", str(config), *as_args(overrides), "--out", str(run)]) == 0
-    assert load_run(run)[0].decoder is not None           # training added the decoder
+    assert load_model(run)[0].decoder is not None           # training added the decoder
     results = {}
     for name, extra in (("own", []), ("all", ["eval_masking.name=none",
                                               "eval_masking.ratio=0"])):
@@ -113,7 +112,7 @@ def test_a_loaded_model_computes_what_the_saved_one_did(tmp_path, head):
     torch.manual_seed(0)
     model = create_model(**kwargs).eval()
     save_model(model, kwargs, tmp_path / "m", masking=NONE)
-    loaded, _ = load_model(tmp_path / "m")
+    loaded, _ = load_model_dir(tmp_path / "m")
     tensors = [*loaded.parameters(), *loaded.buffers()]
     assert not any(t.is_meta for t in tensors)
     assert all(p.requires_grad for p in loaded.parameters())

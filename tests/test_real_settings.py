@@ -75,7 +75,7 @@ def test_shipped_config_trains_resumes_exactly_and_serves(config, tiny_lists, tm
     assert len(reference) >= 4 and all(v == v for v in reference.values())  # no NaN
 
     run = tmp_path / "killed"
-    _kill_after_checkpoint([sys.executable, "-m", "mar.cli", *args, "--out", str(run)],
+    _kill_after_checkpoint([sys.executable, "-m", "mar", *args, "--out", str(run)],
                            run, step=1)
     capsys.readouterr()
     assert main([*args, "--out", str(run)]) != 0  # never overwritten unasked

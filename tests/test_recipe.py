@@ -5,18 +5,20 @@ shape check of ``load_config``."""
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
+import re
 from functools import cache
 from pathlib import Path
 
 import pytest
+from conftest import as_args, shrink
 
-import mar.recipe as recipe_module
+import mar.engine.trainer as trainer
+from mar.cli.recipe import add_parser
 from mar.config import load_config
+from mar.engine.budget import scaled_lr
 from mar.engine.distributed import ShardSampler
-from mar.engine.optim import scaled_lr
-from mar.recipe import TABLE_I, Departure, add_parser, detect_dataset, fmt, recipe
+from mar.recipe import TABLE_I, Departure, detect_dataset, fmt, recipe
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -163,27 +165,115 @@ def test_official_config_reproduces_the_official_code(name):
         assert Departure("model.head_dropout", 0.0, 0.1) in r.departures
 
 
-def test_recipe_lr_is_the_trainers_scaled_lr(monkeypatch):
-    cfg = _load(CONFIGS / "k400_vit_base_mar50.yaml")
-    assert "scaled_lr(" in inspect.getsource(recipe_module.recipe)  # the trainer's rule
-    for processes in (1, 3, 8, 16):
-        effective = cfg.train.batch_size * cfg.train.accum_steps * processes * cfg.data.repeats
-        r = recipe(cfg, processes)
-        assert r.effective_batch == effective
-        assert r.lr == scaled_lr(cfg.train.base_lr, effective)
-    monkeypatch.setattr("mar.engine.optim.scaled_lr", lambda base, batch: 42.0)
-    assert recipe(cfg).lr == 42.0                      # used, not re-derived
+def test_recipe_counts_batch_accumulation_processes_and_repeats():
+    # 3 videos x 5 accumulation x 7 processes x 2 repeats: leaving out any factor (or
+    # counting videos, not clips) gives another number
+    cfg = load_config(CONFIGS / "ssv2_vit_base_mar50.yaml",
+                      ["train.batch_size=3", "train.accum_steps=5", "data.repeats=2"])
+    r = recipe(cfg, 7)
+    assert r.effective_batch == 210
+    assert r.lr == pytest.approx(8.203125e-4, rel=1e-12)    # 1e-3 x 210 / 256
+    assert recipe(cfg, 14).effective_batch == 420 and recipe(cfg, 1).effective_batch == 30
+
+
+def test_recipe_lr_scaling_off_keeps_the_base_lr():
     official = _load(OFFICIAL_DIR / "ssv2_vit_large_mar50_official.yaml")
-    assert recipe(official, 64).lr == 2.5e-4            # lr_scaling false: as is
+    assert official.train.lr_scaling is False
+    for processes in (1, 8, 64):
+        r = recipe(official, processes)
+        assert r.lr == 2.5e-4 and r.effective_batch == 2 * processes
+    scaled = load_config(OFFICIAL_DIR / "ssv2_vit_large_mar50_official.yaml",
+                         ["train.lr_scaling=true"])
+    assert recipe(scaled, 64).lr == pytest.approx(2.5e-4 * 128 / 256)
 
 
-def test_recipe_effective_batch_is_the_trainers():
-    from mar.engine.trainer import effective_batch
+def test_recipe_lambda_is_the_reconstruction_weight_the_loss_gets():
+    assert recipe(_load(CONFIGS / "k400_vit_base_mar50.yaml")).rec_weight == 0.01
+    assert recipe(_load(CONFIGS / "ssv2_vit_base_mar50.yaml")).rec_weight == 0.1
+    assert recipe(_load(CONFIGS / "ssv2_vit_base_standard.yaml")).rec_weight == 0.0
+    pretrain = _load(CONFIGS / "pretrain_vit_base.yaml")
+    assert pretrain.train.rec_weight != 1.0                # not read when pretraining
+    assert recipe(pretrain).rec_weight == 1.0              # reconstruction is the loss
 
+
+def test_recipe_effective_batch_of_every_shipped_config():
     for path in [*CONFIGS.glob("*.yaml"), *OFFICIAL_DIR.glob("*.yaml")]:
         cfg = _load(path)
+        tc = cfg.train
         for processes in (1, 8, 12):
-            assert recipe(cfg, processes).effective_batch == effective_batch(cfg, processes)
+            r = recipe(cfg, processes)
+            assert r.effective_batch == tc.batch_size * tc.accum_steps * processes * (
+                cfg.data.repeats), path.name
+            assert r.effective_batch == trainer.effective_batch(cfg, processes)
+            assert r.lr == pytest.approx(tc.base_lr * r.effective_batch / 256
+                                         if tc.lr_scaling else tc.base_lr, rel=1e-12)
+
+
+class _Planned(Exception):
+    """Raised at the trainer's first LR look-up: by then it has planned the whole run."""
+
+
+def _what_the_trainer_runs(cfg, out: Path, monkeypatch, capsys) -> dict:
+    """Run :func:`mar.engine.trainer.train` up to its first optimizer update and return
+    what it trains with: the effective batch it prints, the peak LR, total and warm-up
+    steps it gives the schedule, and the lambda it gives the loss."""
+    seen = {}
+
+    class Step(trainer.TrainStep):
+        def __init__(self, *args, rec_weight, **kwargs):
+            seen["rec_weight"] = rec_weight
+            super().__init__(*args, rec_weight=rec_weight, **kwargs)
+
+    def lr_at(step, *, total_steps, warmup_steps, base_lr, **_):
+        seen.update(lr=base_lr, total_steps=total_steps, warmup_steps=warmup_steps)
+        raise _Planned
+
+    monkeypatch.setattr(trainer, "TrainStep", Step)
+    monkeypatch.setattr(trainer, "lr_at", lr_at)
+    capsys.readouterr()
+    with pytest.raises(_Planned):
+        trainer.train(cfg, out)
+    printed = re.search(r"^effective batch (\d+) \(", capsys.readouterr().out, re.M)
+    assert printed, "the trainer no longer prints its effective batch"
+    seen["effective_batch"] = int(printed.group(1))
+    return seen
+
+
+# (config, extra overrides, what the trainer runs on 1 process and the 24 tiny videos of
+# batch 2, worked out by hand: effective batch, LR, steps per epoch, warm-up steps, lambda)
+TRAINER_CASES = {
+    # 2 videos x 5 accumulation x 2 repeats = 20 clips, LR 1e-3 x 20 / 256; 24 // 2 // 5
+    # = 2 steps per epoch (the last 2 micro-batches make no full group); warm-up 5 x 2
+    "k400 accumulation and repeats": ("k400_vit_base_mar50.yaml", {"train.accum_steps": 5},
+                                      (20, 7.8125e-5, 2, 10, 0.01)),
+    # not scaled: the base LR as is; 12 steps; warm-up round(0.25 x 12)
+    "official, no scaling": ("official/ssv2_vit_large_mar50_official.yaml",
+                             {"train.warmup_epochs": 0.25}, (2, 2.5e-4, 12, 3, 0.1)),
+    # pretraining: lambda 1 whatever train.rec_weight says; 1.5e-4 x 2 / 256
+    "pretrain": ("pretrain_vit_base.yaml", {"train.warmup_epochs": 1.5},
+                 (2, 1.171875e-6, 12, 18, 1.0)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRAINER_CASES))
+def test_recipe_is_what_the_trainer_runs(case, tiny_lists, tmp_path, monkeypatch, capsys):
+    name, extra, (effective, lr, per_epoch, warmup, lam) = TRAINER_CASES[case]
+    epochs = 3
+    overrides = shrink(CONFIGS / name, tiny_lists, **extra, **{"train.epochs": epochs})
+    cfg = load_config(CONFIGS / name, as_args(overrides))
+    videos = len(tiny_lists["train"].read_text().splitlines())
+    assert videos == 24 and cfg.train.batch_size == 2
+
+    ran = _what_the_trainer_runs(cfg, tmp_path / "run", monkeypatch, capsys)
+    assert ran["effective_batch"] == effective
+    assert ran["lr"] == pytest.approx(lr, rel=1e-12)
+    assert (ran["total_steps"], ran["warmup_steps"]) == (epochs * per_epoch, warmup)
+    assert ran["rec_weight"] == lam
+
+    r = recipe(cfg, 1, train_size=videos)
+    assert (r.effective_batch, r.steps_per_epoch, r.total_steps, r.warmup_steps) == (
+        ran["effective_batch"], per_epoch, ran["total_steps"], ran["warmup_steps"])
+    assert r.lr == ran["lr"] and r.rec_weight == ran["rec_weight"]
 
 
 def test_other_process_counts_depart_from_table_i():
@@ -203,15 +293,25 @@ def test_override_departure_reads_like_the_table():
     assert [str(d) for d in r.departures] == ["train.layer_decay 0.65 (Table I: 0.75)"]
 
 
-@pytest.mark.parametrize("processes,train_size", [(8, 168_913), (3, 1000), (1, 37), (8, 100)])
-def test_steps_match_the_trainers_sampler(processes, train_size):
+# ssv2_vit_base_mar50: 16 videos x 4 accumulation per process, 40 epochs, 5 warm-up;
+# steps by hand: the sampler trims to whole rounds of processes x 16 videos, then whole
+# groups of 4 micro-batches
+@pytest.mark.parametrize("processes,train_size,steps", [
+    (8, 168_913, 329),     # 168913 // 128 = 1319 micro-batches per process, // 4
+    (3, 1000, 5),          # 1000 // 48 = 20, // 4
+    (2, 5000, 39),         # 5000 // 32 = 156, // 4
+    (1, 37, 0), (8, 100, 0)])
+def test_steps_match_the_trainers_sampler(processes, train_size, steps):
     cfg = _load(CONFIGS / "ssv2_vit_base_mar50.yaml")
     tc = cfg.train
+    assert (tc.batch_size, tc.accum_steps, tc.epochs, tc.warmup_epochs) == (16, 4, 40, 5)
     r = recipe(cfg, processes, train_size=train_size)
-    sampler = ShardSampler(train_size, 0, processes, shuffle=True, batch_size=tc.batch_size)
-    steps = len(sampler) // tc.batch_size // tc.accum_steps    # as mar.engine.trainer
-    assert r.steps_per_epoch == steps and r.total_steps == tc.epochs * steps
-    assert r.warmup_steps == round(tc.warmup_epochs * steps)
+    assert (r.steps_per_epoch, r.total_steps, r.warmup_steps) == (steps, 40 * steps, 5 * steps)
+    # every rank of the training sampler the trainer builds holds that many full groups
+    for rank in range(processes):
+        sampler = ShardSampler(train_size, rank, processes, shuffle=True,
+                               batch_size=tc.batch_size)
+        assert len(sampler) // tc.batch_size // tc.accum_steps == steps
     assert r.train_size_from == "--train-size"
 
 

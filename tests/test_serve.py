@@ -18,16 +18,18 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from conftest import MODEL
 from videos import REAL, corrupt, write_video
 
 from mar import create_model
 from mar.data import DecodeError, VideoRecord
+from mar.data.windows import window_starts
 from mar.flops import model_cost
-from mar.inference import load_run
+from mar.inference import load_model
+from mar.inference.timeline import smooth_probs
 from mar.models.io import save_model
 from mar.serve.batcher import BatcherClosed, MicroBatcher
 from mar.serve.predictor import ServedModel, TimelineTimeout, VideoTooLong
-from mar.timeline import smooth_probs, window_starts
 
 spec = importlib.util.spec_from_file_location(
     "bench_serve", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_serve.py")
@@ -36,21 +38,8 @@ sys.modules["bench_serve"] = bench_serve  # its dataclasses look their module up
 spec.loader.exec_module(bench_serve)
 ServerProcess, run_load = bench_serve.ServerProcess, bench_serve.run_load
 
-KWARGS = {"name": "vit_nano", "num_classes": 6, "num_frames": 8, "img_size": 64,
-          "patch_size": 16, "decoder": True}
+KWARGS = MODEL
 TOKEN = "s3cret-token"
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A random MAR model (with its reconstruction decoder), tested at cell running 50 %,
-    and its class names."""
-    d = tmp_path_factory.mktemp("serve") / "mar"
-    torch.manual_seed(0)
-    save_model(create_model(**KWARGS), KWARGS, d,
-               masking={"name": "cell_running", "ratio": 0.5})
-    (d / "classes.txt").write_text("\n".join(f"class {i}" for i in range(6)) + "\n")
-    return d
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +72,7 @@ def test_predict_answers_the_documented_schema(server, model_dir):
     assert body["masking"] == {"name": "cell_running", "ratio": 0.5, "visible_tokens": 32,
                                "tokens": 64, "line": "test-time masking: cell_running 50% "
                                "(32 of 64 tokens visible)"}
-    _, cfg = load_run(model_dir)
+    _, cfg = load_model(model_dir)
     spec = cfg.model.model_dump()
     expected = model_cost(spec.pop("name"), cfg.test_masking(), **spec).gflops
     assert body["gflops_per_view"] == pytest.approx(expected)
@@ -98,7 +87,7 @@ def test_predict_answers_the_documented_schema(server, model_dir):
 
 def test_served_scores_equal_mar_predict(server, model_dir):
     videos = [REAL / "bigbuckbunny.mp4", REAL / "tree.avi", REAL / "Megamind_bugy.avi"]
-    out = subprocess.run([sys.executable, "-m", "mar.cli", "predict", *map(str, videos),
+    out = subprocess.run([sys.executable, "-m", "mar", "predict", *map(str, videos),
                           "--checkpoint", str(model_dir), "--class-names",
                           str(model_dir / "classes.txt"), "--json", "--topk", "5"],
                          capture_output=True, text=True,
@@ -348,12 +337,12 @@ def test_a_checkpoint_that_does_not_load_fails_the_command(tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "model.safetensors").write_bytes(b"not safetensors")
-    out = subprocess.run([sys.executable, "-m", "mar.serve", "--checkpoint", str(broken),
+    out = subprocess.run([sys.executable, "-m", "mar", "serve", "--checkpoint", str(broken),
                           "--port", str(bench_serve.free_port())], capture_output=True,
                          text=True, timeout=180)
     assert out.returncode == 2
     assert "mar serve: error: could not load" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "mar.serve", "--checkpoint",
+    out = subprocess.run([sys.executable, "-m", "mar", "serve", "--checkpoint",
                           str(tmp_path / "missing")], capture_output=True, text=True)
     assert out.returncode == 2 and "no such file or directory" in out.stderr
 
@@ -448,7 +437,7 @@ def test_the_batcher_gives_every_request_of_a_failed_call_the_error():
 def test_decoded_views_are_the_views_mar_predict_scores(model_dir):
     served = ServedModel(model_dir)
     decoded = served.decode(REAL / "tree.avi", max_frames=1000)
-    _, cfg = load_run(model_dir)
+    _, cfg = load_model(model_dir)
     expected = cfg.views_dataset([VideoRecord(str(REAL / "tree.avi"), 0)], 5, 3)[0]["video"]
     assert decoded.views.shape == (15, 3, 8, 64, 64)
     assert torch.equal(decoded.views, expected)
@@ -492,7 +481,7 @@ def test_a_timeline_takes_the_model_lock_per_call_and_stops_at_its_time_budget(
     spy.inner.release()
     worker.join(60)
     assert done["tl"].starts == [0, 1, 2, 3] and done["tl"].probs.shape == (4, 6)
-    assert spy.taken == 4                       # 2 batches x (features, head)
+    assert spy.taken == 2                       # 2 batches, one model call each
     with pytest.raises(TimelineTimeout, match="took over"):
         served.timeline(video, 2.0, 1.0, seconds=1e-4)
 

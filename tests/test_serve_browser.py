@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import MODEL
 from videos import REAL
 
 from mar import create_model
@@ -30,8 +31,7 @@ INSTALL = ("install it with `sudo apt-get install -y chromium chromium-driver` (
            "a Chromium binary")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--no-first-run"]
-KWARGS = {"name": "vit_nano", "num_classes": 6, "num_frames": 8, "img_size": 64,
-          "patch_size": 16, "decoder": True}
+KWARGS = MODEL
 
 
 def browser_or_fail():

@@ -154,7 +154,8 @@ def _fit(x, y, xv, yv, steps=400):
     g = torch.Generator().manual_seed(0)
     for _ in range(steps):
         idx = torch.randint(0, len(x), (16,), generator=g)
-        loss = torch.nn.functional.cross_entropy(model(x[idx], masking(16, model.grid)), y[idx])
+        loss = torch.nn.functional.cross_entropy(model(x[idx], masking(16, model.grid)).logits,
+                                                y[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()

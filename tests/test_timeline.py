@@ -15,9 +15,10 @@ from torch import nn
 from mar.cli import main
 from mar.config import load_config
 from mar.data.video_writer import write_video
+from mar.data.windows import stream_windows, window_starts
+from mar.inference.timeline import predict_timeline, smooth_probs
 from mar.masking import make_masking
 from mar.models.io import save_model
-from mar.timeline import predict_timeline, smooth_probs, stream_windows, window_starts
 
 TINY = ["model.name=vit_nano", "model.num_classes=2", "model.num_frames=4",
         "model.img_size=32", "model.patch_size=8", "data.num_frames=4", "data.crop_size=32"]
@@ -81,6 +82,9 @@ class Brightness(nn.Module):
     def forward_head(self, x, mask):
         return torch.cat([-x, x], 1) * self.scale
 
+    def classify(self, video, mask):
+        return self.forward_head(self.forward_features(video, mask), mask)
+
 
 def test_the_timeline_finds_the_change_where_it_is(tmp_path):
     dark = np.full((60, 32, 48, 3), 20, np.uint8)
@@ -88,7 +92,7 @@ def test_the_timeline_finds_the_change_where_it_is(tmp_path):
     path = write_video(tmp_path / "two_parts.mp4", np.concatenate([dark, bright]), fps=10)
     cfg = load_config(None, TINY)
     tl = predict_timeline(Brightness(), cfg, path, make_masking("none", 0.0), window=2,
-                          stride=0.5, batch_size=3)
+                          stride=0.5, views_per_call=3)
     assert tl.starts == window_starts(12, 2, 0.5)
     top1 = tl.probs.argmax(1).tolist()
     change = next(i for i, c in enumerate(top1) if c == 1)

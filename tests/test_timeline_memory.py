@@ -12,7 +12,7 @@ from pathlib import Path
 import av
 import pytest
 
-from mar.timeline import window_starts
+from mar.data.windows import window_starts
 
 spec = importlib.util.spec_from_file_location(
     "bench_timeline_memory",

@@ -8,9 +8,10 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _WHERE = {"MAR": ".models", "MAROutput": ".models", "create_model": ".models",
-          "Mask": ".masking", "make_masking": ".masking"}
+          "Mask": ".masking", "make_masking": ".masking", "load_model": ".inference.load"}
 
-__all__ = ["MAR", "MAROutput", "Mask", "create_model", "make_masking", "__version__"]
+__all__ = ["MAR", "MAROutput", "Mask", "create_model", "load_model", "make_masking",
+           "__version__"]
 
 
 def __getattr__(name: str):

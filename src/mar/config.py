@@ -207,9 +207,10 @@ class Config(_Section):
         return (self.eval_masking or self.masking).build()
 
     def dataset(self, split: Literal["train", "val", "test"]):
-        """The :class:`mar.data.VideoDataset` of a split's list; ``val`` is single-view,
-        ``test`` the ``test_clips x test_crops`` views."""
-        from .data import TrainTransform, VideoDataset, read_list
+        """A split's data: the training :class:`mar.data.VideoDataset`, or the test views
+        (:meth:`views_dataset`) of ``val`` (one view) and ``test`` (``test_clips x
+        test_crops``)."""
+        from .data import ClipSampling, TrainTransform, VideoDataset, read_list
 
         dc = self.data
         path = {"train": dc.train_list, "val": dc.val_list, "test": dc.test_list}[split]
@@ -218,47 +219,31 @@ class Config(_Section):
         records = read_list(path, dc.root)
         if split != "train":
             views = (1, 1) if split == "val" else (dc.test_clips, dc.test_crops)
-            return self.eval_dataset(records, *views)
+            return self.views_dataset(records, *views)
         transform = TrainTransform(dc.crop_size, dc.scale, dc.ratio, dc.flip_prob,
                                    tuple(dc.flip_pairs), dc.rand_augment, dc.erase_prob,
                                    self.model.pixel_mean, self.model.pixel_std)
-        return VideoDataset(records, train=True, train_transform=transform,
-                            repeats=dc.repeats, **self._dataset_options())
-
-    def eval_dataset(self, records, clips: int, crops: int):
-        """Test views (``clips x crops`` per video) of ``records`` (:class:`VideoRecord`),
-        decoded and transformed as this config says: the one evaluation-data builder of
-        evaluation, prediction and visualisation."""
-        from .data import VideoDataset
-
-        return VideoDataset(records, train=False, eval_transform=self._eval_transform(crops),
-                            num_clips=clips, **self._dataset_options())
+        return VideoDataset(records, sampling=ClipSampling(dc.sampling, dc.num_frames,
+                                                           dc.stride),
+                            train_transform=transform, repeats=dc.repeats,
+                            backend=dc.backend, decode_timeout=dc.decode_timeout,
+                            max_retries=dc.max_retries, seed=self.train.seed,
+                            cache=dc.cache_decoded)
 
     def views_dataset(self, records, clips: int, crops: int):
-        """The same views, one video per item, decoded once and scaled by the decoder
-        (:class:`mar.data.VideoViews`): the fast path of ``mar predict``."""
-        from .data import VideoViews
-
-        options = self._dataset_options()
-        return VideoViews(records, sampling=options["sampling"],
-                          eval_transform=self._eval_transform(crops), num_clips=clips,
-                          backend=options["backend"], decode_timeout=options["decode_timeout"])
-
-    def _eval_transform(self, crops: int):
-        from .data import EvalTransform
+        """The test views (``clips x crops`` per video, :class:`mar.data.VideoViews`) of
+        ``records`` (:class:`mar.data.VideoRecord`), decoded and transformed as this config
+        says: the one builder of test views, for evaluation, prediction, serving,
+        extraction and pictures."""
+        from .data import ClipSampling, EvalTransform, VideoViews
 
         dc = self.data
-        return EvalTransform(dc.crop_size, crops, dc.short_side, self.model.pixel_mean,
-                             self.model.pixel_std)
-
-    def _dataset_options(self) -> dict:
-        from .data import ClipSampling
-
-        dc = self.data
-        return dict(sampling=ClipSampling(dc.sampling, dc.num_frames, dc.stride,
-                                          dc.segment_test_style),
-                    backend=dc.backend, decode_timeout=dc.decode_timeout,
-                    max_retries=dc.max_retries, seed=self.train.seed, cache=dc.cache_decoded)
+        transform = EvalTransform(dc.crop_size, crops, dc.short_side, self.model.pixel_mean,
+                                  self.model.pixel_std)
+        return VideoViews(records, sampling=ClipSampling(dc.sampling, dc.num_frames,
+                                                         dc.stride, dc.segment_test_style),
+                          eval_transform=transform, num_clips=clips, backend=dc.backend,
+                          decode_timeout=dc.decode_timeout)
 
 
 def _parse_override(item: str) -> tuple[str, Any]:

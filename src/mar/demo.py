@@ -46,6 +46,8 @@ class DemoConfig:
     lr: float = 1e-3
     seed: int = 0
     workers: int = 0
+    device: str = "cpu"
+    amp: str = "none"
 
 
 # `mar demo --full`: the budget of one seed of the study's Fig. 1 (docs/results.md)
@@ -75,7 +77,8 @@ def run_config(demo: DemoConfig, data: Path, mar: bool, init: str | None = None)
         "train.epochs": demo.epochs, "train.batch_size": demo.batch_size,
         "train.base_lr": demo.lr, "train.lr_scaling": False, "train.warmup_epochs": 2,
         "train.min_lr": demo.lr / 20, "train.layer_decay": 1.0, "train.seed": demo.seed,
-        "train.eval_every": demo.epochs, "train.device": "cpu", "train.init": init,
+        "train.eval_every": demo.epochs, "train.device": demo.device, "train.amp": demo.amp,
+        "train.init": init,
         "eval.batch_size": 32,
     }
     arm = ({"model.head": "bridging", "masking.name": "cell_running", "masking.ratio": 0.5,
@@ -141,19 +144,18 @@ def clips_per_second(model, masking, grid_batch: int = 16, repeats: int = 3) -> 
     """Inference throughput on random clips (median of ``repeats`` timed batches)."""
     import torch
 
+    from .inference.score import score
+
     pe = model.encoder.patch_embed
     t, h, w = model.grid
     video = torch.randn(grid_batch, 3, t * pe.tubelet_size, h * pe.patch_size,
                         w * pe.patch_size)
-    mask = masking(grid_batch, model.grid, train=False)
-    model.eval()
     times = []
-    with torch.no_grad():
-        model.forward_head(model.forward_features(video, mask), mask)  # warm-up
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model.forward_head(model.forward_features(video, mask), mask)
-            times.append(time.perf_counter() - start)
+    score(model, video, masking, views_per_call=grid_batch)  # warm-up
+    for _ in range(repeats):
+        start = time.perf_counter()
+        score(model, video, masking, views_per_call=grid_batch)
+        times.append(time.perf_counter() - start)
     return grid_batch / sorted(times)[len(times) // 2]
 
 
@@ -167,7 +169,7 @@ def run_demo(demo: DemoConfig = DemoConfig()) -> dict:
     from .engine.evaluate import run_eval
     from .engine.trainer import train
     from .flops import formula_flops
-    from .inference import load_run
+    from .inference.load import load_model
     from .masking import make_masking
 
     console = Console()
@@ -186,7 +188,7 @@ def run_demo(demo: DemoConfig = DemoConfig()) -> dict:
                   f"{classes * synth.per_class_train} train / "
                   f"{classes * synth.per_class_val} val videos"
                   f"{', cached' if made['cached'] else ''})")
-    info = init_distributed("cpu")
+    info = init_distributed(demo.device)
     pre, init = None, None
     if demo.pretrain_epochs:
         target = "normalised" if demo.norm_target else "raw"
@@ -208,7 +210,7 @@ def run_demo(demo: DemoConfig = DemoConfig()) -> dict:
         console.rule(f"{name}: {what}, from "
                      + ("the pretrained encoder" if init else "random weights"))
         summary = train(cfg, out / name, overwrite=True)
-        model, cfg = load_run(out / name / _last(out / name))
+        model, cfg = load_model(out / name / _last(out / name), device=info.device)
         rows[name] = {"top1": summary["test_video_top1"],
                       "gflops": summary["gflops_per_view"],
                       "clips_s": clips_per_second(model, cfg.test_masking()),
@@ -240,7 +242,7 @@ def run_demo(demo: DemoConfig = DemoConfig()) -> dict:
     pictures = [_plot(rows, out / "accuracy_vs_gflops.png", demo.kind),
                 _reconstruction(mar_model, mar_cfg, data, out / "reconstruction")]
     if pre:
-        model, cfg = load_run(pre["dir"])
+        model, cfg = load_model(pre["dir"], device=info.device)
         pictures.append(_reconstruction(model, cfg, data, out / "pretrain_reconstruction",
                                         make_masking("tube", 0.9)))
         rows["pretraining"] = pre
@@ -286,9 +288,10 @@ def _reconstruction(model, cfg: Config, data: Path, stem: Path, masking=None) ->
     """Original, masked and reconstructed frames of the first validation clip (PNG and
     MP4 at ``stem``), under ``masking`` (default: the model's test-time masking)."""
     from .data import read_list
-    from .visualize import reconstruct, reconstruction_figure
+    from .inference.visualize import reconstruct, reconstruction_figure
 
-    item = cfg.eval_dataset(read_list(data / "val.csv", data)[:1], 1, 1)[0]
-    mask = (masking or cfg.test_masking())(1, model.grid, train=False)
-    clips = reconstruct(model, item["video"][None], mask)
+    item = cfg.views_dataset(read_list(data / "val.csv", data)[:1], 1, 1)[0]
+    device = next(model.parameters()).device
+    mask = (masking or cfg.test_masking())(1, model.grid, train=False).to(device)
+    clips = reconstruct(model, item["video"][:1].to(device), mask)
     return reconstruction_figure(*clips, stem.with_suffix(".png"), stem.with_suffix(".mp4"))[0]

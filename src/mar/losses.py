@@ -42,16 +42,18 @@ def reconstruction_loss(pred: Tensor, target: Tensor) -> Tensor:
 
 def mar_loss(output: MAROutput | Tensor, target: Tensor, rec_weight: float = 0.1,
              label_smoothing: float = 0.0) -> LossTerms:
-    """lambda * L_rec + L_cls. ``output`` is logits alone (no decoder) or a MAROutput
-    (without logits when pretraining: L_cls = 0).
+    """lambda * L_rec + L_cls. ``output`` is the model's :class:`MAROutput` (without
+    logits when pretraining: L_cls = 0; without a prediction when the model has no
+    decoder: L_rec = 0) or logits alone.
 
     The official configs use lambda = 0.1 for Something-Something v2, 0.01 for Kinetics-400.
     """
-    if isinstance(output, MAROutput):
+    if isinstance(output, MAROutput) and output.pred is not None:
         rec = reconstruction_loss(output.pred, output.target)
         cls = (rec.new_zeros(()) if output.logits is None
                else classification_loss(output.logits, target, label_smoothing))
     else:
-        cls = classification_loss(output, target, label_smoothing)
+        logits = output.logits if isinstance(output, MAROutput) else output
+        cls = classification_loss(logits, target, label_smoothing)
         rec = cls.new_zeros(())
     return LossTerms(cls + rec_weight * rec, cls, rec)

@@ -1,11 +1,11 @@
 """``mar recipe``: what a config trains with on N processes, held against the paper's Table I.
 
-The effective batch and the learning rate are the trainer's: the effective batch is
+The effective batch, the learning rate, the steps and lambda are the trainer's, computed by
+the functions the trainer calls (:func:`mar.engine.budget.plan`): the effective batch is
 ``train.batch_size x train.accum_steps x processes x data.repeats`` clips per optimizer
-step (:func:`mar.engine.trainer.effective_batch`), and the LR is
-:func:`mar.engine.optim.scaled_lr` of it when ``train.lr_scaling`` is on, else
-``train.base_lr`` as is. Nothing is trained or allocated: the config is loaded (with
-``load_config``'s shape check on the meta device) and the numbers are read off it.
+step, and the LR is ``train.base_lr x effective batch / 256`` when ``train.lr_scaling`` is
+on, else ``train.base_lr`` as is. Nothing is trained or allocated: the config is loaded
+(with ``load_config``'s shape check on the meta device) and the numbers are read off it.
 
 Table I's "Batch Size" is read as clips per step, repeated samples included, which is what
 the trainer counts: Table I gives one batch (512 for ViT-B, 128 for ViT-L) for SSv2 (1
@@ -21,15 +21,12 @@ The dataset of a config (for its Table I column) is found, in this order, in
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
+from .engine.budget import REFERENCE_BATCH, plan, videos_per_process
 
 if TYPE_CHECKING:
     from .config import Config
@@ -194,8 +191,6 @@ def recipe(cfg: Config, processes: int | None = None, *, train_size: int | None 
     1), with steps when the number of training videos is given or known, and every value
     that departs from Table I when the config is a Table I run (SSv2/K400, ViT-B/L,
     fine-tuning). ``path``: the config file (its name can tell the dataset)."""
-    from .engine.optim import scaled_lr
-
     tc, dc = cfg.train, cfg.data
     if processes is not None:
         if processes < 1:
@@ -205,11 +200,6 @@ def recipe(cfg: Config, processes: int | None = None, *, train_size: int | None 
         processes, processes_from = tc.num_gpus, "train.num_gpus"
     else:
         processes, processes_from = 1, "default"
-    # the trainer's effective batch (mar.engine.trainer.effective_batch, written out here
-    # so that this command does not import the training loop; the tests hold them equal)
-    # and its LR
-    effective = tc.batch_size * tc.accum_steps * processes * dc.repeats
-    lr = scaled_lr(tc.base_lr, effective) if tc.lr_scaling else tc.base_lr
 
     if dataset is not None:
         if dataset not in DATASET_NAMES:
@@ -218,31 +208,32 @@ def recipe(cfg: Config, processes: int | None = None, *, train_size: int | None 
     else:
         dataset, dataset_from = detect_dataset(cfg, path)
     size = SIZES.get(cfg.model.name)
+    if train_size is not None:
+        if train_size < 1:
+            raise ValueError(f"train size must be >= 1, got {train_size}")
+        train_size_from = "--train-size"
+    elif dataset in TRAIN_SIZES:
+        train_size, train_size_from = TRAIN_SIZES[dataset], TRAIN_SIZE_NOTES[dataset]
+    else:
+        train_size_from = None
+    # the trainer's numbers, by the trainer's functions: its sampler's share of the
+    # training videos per process, then full micro-batches and accumulation groups
+    b = plan(cfg, processes, None if train_size is None
+             else videos_per_process(train_size, processes, tc.batch_size))
     r = Recipe(
         config=str(path) if path is not None else None, task=tc.task, processes=processes,
         processes_from=processes_from, num_gpus=tc.num_gpus, batch_size=tc.batch_size,
-        repeats=dc.repeats, accum_steps=tc.accum_steps, effective_batch=effective,
-        base_lr=tc.base_lr, lr_scaling=tc.lr_scaling, lr=lr, min_lr=tc.min_lr,
+        repeats=dc.repeats, accum_steps=tc.accum_steps, effective_batch=b.effective_batch,
+        base_lr=tc.base_lr, lr_scaling=tc.lr_scaling, lr=b.lr, min_lr=tc.min_lr,
         warmup_start_lr=tc.warmup_start_lr, warmup_epochs=tc.warmup_epochs, epochs=tc.epochs,
         weight_decay=tc.weight_decay, layer_decay=tc.layer_decay,
         layer_decay_policy=tc.layer_decay_policy, drop_path=cfg.model.drop_path,
         dropout=cfg.model.head_dropout,
-        rec_weight=tc.rec_weight if tc.task == "finetune" else 1.0,  # as the trainer
-        test_clips=dc.test_clips, test_crops=dc.test_crops, merge=cfg.eval.merge,
-        dataset=dataset, dataset_from=dataset_from, size=size)
-
-    if train_size is not None:
-        if train_size < 1:
-            raise ValueError(f"train size must be >= 1, got {train_size}")
-        r.train_size, r.train_size_from = train_size, "--train-size"
-    elif dataset in TRAIN_SIZES:
-        r.train_size, r.train_size_from = TRAIN_SIZES[dataset], TRAIN_SIZE_NOTES[dataset]
-    if r.train_size is not None:
-        # as the trainer: full micro-batches of batch_size videos on every process, then
-        # full accumulation groups; warm-up rounded to whole steps
-        r.steps_per_epoch = r.train_size // (processes * tc.batch_size) // tc.accum_steps
-        r.total_steps = tc.epochs * r.steps_per_epoch
-        r.warmup_steps = round(tc.warmup_epochs * r.steps_per_epoch)
+        rec_weight=b.rec_weight, test_clips=dc.test_clips, test_crops=dc.test_crops,
+        merge=cfg.eval.merge, dataset=dataset, dataset_from=dataset_from, size=size,
+        train_size=train_size, train_size_from=train_size_from,
+        steps_per_epoch=b.steps_per_epoch, total_steps=b.total_steps,
+        warmup_steps=b.warmup_steps)
 
     row = TABLE_I.get((dataset, size))
     if tc.task != "finetune":
@@ -255,7 +246,7 @@ def recipe(cfg: Config, processes: int | None = None, *, train_size: int | None 
         r.no_table_i = f"Table I covers ViT-B and ViT-L, not {cfg.model.name}"
     else:
         r.table_i = f"{DATASET_NAMES[dataset]}, ViT-{size}"
-        derived = {"effective_batch": effective, "lr": lr}
+        derived = {"effective_batch": b.effective_batch, "lr": b.lr}
         for key, expected in row.items():
             value = derived[key] if key in derived else _get(cfg, key)
             if not _same(value, expected):
@@ -271,7 +262,8 @@ def format_recipe(r: Recipe) -> str:
         procs += f"; the recipe is written for {r.num_gpus} (train.num_gpus)"
     per = (f"{r.batch_size} videos x {r.repeats} repeats = {r.clips_per_process} clips"
            if r.repeats > 1 else f"{r.batch_size} clips")
-    lr = (f"{fmt(r.lr)} = base {fmt(r.base_lr)} x {r.effective_batch} / 256 (scaled)"
+    lr = (f"{fmt(r.lr)} = base {fmt(r.base_lr)} x {r.effective_batch} / {REFERENCE_BATCH} "
+          "(scaled)"
           if r.lr_scaling else f"{fmt(r.lr)} = base {fmt(r.base_lr)}, not scaled "
           "(train.lr_scaling: false)")
     lines = [
@@ -338,60 +330,3 @@ def table_i_markdown() -> str:
         lines.append(f"| {_DERIVED.get(key, key)} | "
                      + " | ".join(fmt(row[key]) for row in TABLE_I.values()) + " |")
     return "\n".join(lines)
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "recipe", help="effective batch, LR, schedule and departures from Table I of a config",
-        description="What a config trains with on N processes: per-process batch, "
-        "accumulation, repeats, the effective batch, the base and actual LR (the trainer's "
-        "rule), warm-up and epochs, steps, and every value that departs from the paper's "
-        "Table I. Example: `mar recipe configs/k400_vit_base_mar50.yaml --processes 8`.")
-    p.add_argument("items", nargs="+", metavar="CONFIG [key=value]",
-                   help="one or more YAML configs and dotted overrides (applied to each)")
-    p.add_argument("--processes", type=int, help="processes (GPUs) to train on "
-                   "(default: the config's train.num_gpus, else 1)")
-    p.add_argument("--train-size", type=int, help="training videos, for steps per epoch "
-                   "(default: the dataset's usual size when it is recognised)")
-    p.add_argument("--dataset", choices=list(DATASET_NAMES),
-                   help="the dataset, for its Table I column (default: detected)")
-    p.add_argument("--json", action="store_true", help="print JSON (a list for several configs)")
-    p.add_argument("--markdown", action="store_true",
-                   help="a Markdown table of every config given, Table I first")
-    p.set_defaults(func=cmd_recipe)
-    return p
-
-
-def cmd_recipe(args: argparse.Namespace) -> int:
-    from .config import load_config
-
-    files = [i for i in args.items if "=" not in i]
-    overrides = [i for i in args.items if "=" in i]
-    if not files:
-        raise ConfigError("recipe: give a config file")
-    recipes = [recipe(load_config(f, overrides), args.processes, train_size=args.train_size,
-                      path=f, dataset=args.dataset) for f in files]
-    if args.json:
-        data = [r.to_dict() for r in recipes]
-        print(json.dumps(data if len(data) > 1 else data[0], indent=1))
-    elif args.markdown:
-        print(table_i_markdown() + "\n\n" + markdown_table(recipes))
-    else:
-        print("\n\n".join(format_recipe(r) for r in recipes))
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m mar.recipe ...``: the same as ``mar recipe ...``."""
-    parser = argparse.ArgumentParser(prog="mar")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["recipe", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except (ConfigError, ValueError, OSError) as e:
-        print(f"mar recipe: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

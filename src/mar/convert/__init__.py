@@ -2,14 +2,14 @@
 strictly, and saving them in mar's own format. See docs/weights.md.
 
 The names below are imported on first use, so that the CLI can build its parser (which
-imports :mod:`mar.convert.cli`) without importing torch."""
+imports :mod:`mar.convert.names`) without importing torch."""
 
 from importlib import import_module
 
 from .names import FORMAT_NAMES
 
 _WHERE = {
-    "ModelFileError": "..models.io", "load_model": "..models.io", "save_model": "..models.io",
+    "ModelFileError": "..models.io", "load_model_dir": "..models.io", "save_model": "..models.io",
     "convert_checkpoint": ".convert", "detect_format": ".formats",
     "Checkpoint": ".reader", "read_checkpoint": ".reader",
     "ConversionError": ".report", "ConversionReport": ".report",

@@ -78,7 +78,7 @@ def detect_format(state: Mapping[str, Tensor], config: dict | None = None) -> st
     if any(k.startswith(("head.head.", "head.proj.", "head.fc_norm.", "decoder.proj."))
            for k in state):
         raise ConversionError("these weights are already in mar's own format: load the model "
-                              "directory with mar.convert.load_model")
+                              "directory with mar.load_model")
     for key in ("encoder.patch_embed.proj.weight", "patch_embed.proj.weight"):
         if key in state:
             return "videomae" if state[key].ndim == 5 else "mae"

@@ -63,7 +63,7 @@ def _read_dir(path: Path) -> Checkpoint:
     if config is not None and config.get("model_type") != "videomae":
         if "name" in config:
             raise ConversionError(f"{path}: already a mar model directory; load it with "
-                                  "mar.convert.load_model")
+                                  "mar.load_model")
         raise ConversionError(f"{config_file}: model_type {config.get('model_type')!r}, "
                               "expected a transformers VideoMAE model ('videomae')")
     weights = next((path / n for n in HF_WEIGHTS if (path / n).is_file()), None)

@@ -1,6 +1,13 @@
 """Video data: list files, decoding, sampling, augmentation, the robust dataset."""
 
-from .dataset import ClipSampling, VideoDataset, VideoViews, collate, collate_views
+from .dataset import (
+    ClipSampling,
+    VideoDataset,
+    VideoViews,
+    collate,
+    collate_views,
+    view_loader,
+)
 from .decode import DecodeError, VideoInfo, available_backends, make_backend
 from .lists import ListError, VideoRecord, read_class_names, read_list, write_list
 from .transforms import SSV2_FLIP_PAIRS, EvalTransform, TrainTransform
@@ -9,5 +16,5 @@ __all__ = [
     "SSV2_FLIP_PAIRS", "ClipSampling", "DecodeError", "ListError", "EvalTransform",
     "TrainTransform", "VideoDataset", "VideoInfo", "VideoRecord", "VideoViews",
     "available_backends", "collate", "collate_views", "make_backend", "read_class_names",
-    "read_list", "write_list",
+    "read_list", "view_loader", "write_list",
 ]

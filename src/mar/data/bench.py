@@ -32,7 +32,7 @@ def bench_pipeline(records: list[VideoRecord], backend: str, clips: int, workers
                    sampling: ClipSampling, crop_size: int = 224, seed: int = 0) -> float:
     """Clips/s of decode + the full training augmentation through a DataLoader."""
     repeat = max(1, -(-clips // len(records)))
-    dataset = VideoDataset(records * repeat, train=True, sampling=sampling,
+    dataset = VideoDataset(records * repeat, sampling=sampling,
                            train_transform=TrainTransform(crop_size=crop_size),
                            backend=backend, seed=seed)
     loader = DataLoader(dataset, batch_size=1, num_workers=workers, collate_fn=collate)

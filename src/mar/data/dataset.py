@@ -2,9 +2,10 @@
 
 A file that cannot be opened or decoded never stops an epoch. In training the sample is
 replaced by another video (a bounded number of tries, each drawn from the sample's own
-generator); in testing the view comes back marked ``valid=False`` so evaluation can
-leave it out and count it. Every item lists the files it had to skip, so the epoch
-summary can count them across DataLoader workers; each process warns once per file.
+generator), and every item lists the files it had to skip, so the epoch summary can
+count them across DataLoader workers; each process warns once per file. In testing
+(:class:`VideoViews`) the video's views come back marked ``valid=False`` with the reason,
+so evaluation and prediction leave them out and report them.
 """
 
 from __future__ import annotations
@@ -48,12 +49,10 @@ class ClipSampling:
 
 
 class VideoDataset(Dataset):
-    """Clips from a list of videos.
-
-    Training (``train=True``): item i is video i, decoded once, augmented ``repeats``
-    times (repeated augmentation; official K400: 2); ``video`` is (C, T, H, W), or
-    (repeats, C, T, H, W) when ``repeats > 1``. Test: item i is view (video, clip, crop)
-    of the ``num_clips x num_crops`` multi-view protocol, tagged with its video index.
+    """Training clips from a list of videos: item i is video i, decoded once, augmented
+    ``repeats`` times (repeated augmentation; official K400: 2); ``video`` is
+    (C, T, H, W), or (repeats, C, T, H, W) when ``repeats > 1``. Test views come from
+    :class:`VideoViews`.
 
     Randomness: item i in epoch e draws from a generator seeded by (seed, e, i), so a
     run is reproducible whatever the worker count; call :meth:`set_epoch` each epoch.
@@ -64,21 +63,16 @@ class VideoDataset(Dataset):
     workers.
     """
 
-    def __init__(self, records: list[VideoRecord], *, train: bool,
+    def __init__(self, records: list[VideoRecord], *,
                  sampling: ClipSampling = ClipSampling(),
-                 train_transform: TrainTransform | None = None,
-                 eval_transform: EvalTransform | None = None, num_clips: int = 1,
-                 repeats: int = 1, backend: str = "pyav", decode_timeout: float = 30.0,
+                 train_transform: TrainTransform | None = None, repeats: int = 1,
+                 backend: str = "pyav", decode_timeout: float = 30.0,
                  max_retries: int = 10, seed: int = 0, cache: bool = False):
         if not records:
             raise ValueError("dataset: no videos")
         self.records = list(records)
-        self.train = train
         self.sampling = sampling
         self.train_transform = train_transform or TrainTransform()
-        self.eval_transform = eval_transform or EvalTransform()
-        self.views = multi_views(num_clips, self.eval_transform.num_crops)
-        self.num_clips = num_clips
         self.repeats = repeats
         self.backend_name = backend
         self.decode_timeout = decode_timeout
@@ -94,7 +88,7 @@ class VideoDataset(Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.records) if self.train else len(self.records) * len(self.views)
+        return len(self.records)
 
     @property
     def backend(self):
@@ -111,32 +105,29 @@ class VideoDataset(Dataset):
             self._warned.add(path)
             warnings.warn(f"skipping unreadable video: {error}", stacklevel=3)
 
-    def _decode(self, record: VideoRecord, **sample) -> np.ndarray:
+    def _decode(self, record: VideoRecord, generator: torch.Generator) -> np.ndarray:
         key = id(record)
         if self.cache and key in self._decoded:
             frames = self._decoded[key]
-            indices = self.sampling.indices(len(frames), train=self.train, **sample)
+            indices = self.sampling.indices(len(frames), train=True, generator=generator)
             return frames[indices]
         info = self.backend.probe(record.path)
         if info.num_frames == 0:
             raise DecodeError(f"{record.path}: no video frames")
         if self.cache:
             self._decoded[key] = self.backend.read(record.path, range(info.num_frames), info)
-            return self._decode(record, **sample)
-        indices = self.sampling.indices(info.num_frames, train=self.train, **sample)
+            return self._decode(record, generator)
+        indices = self.sampling.indices(info.num_frames, train=True, generator=generator)
         return self.backend.read(record.path, indices, info)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return self._train_item(index) if self.train else self._test_item(index)
-
-    def _train_item(self, index: int) -> dict[str, Any]:
         generator = self._generator(index)
         skipped = []
         video_index = index
         for _ in range(self.max_retries + 1):
             record = self.records[video_index]
             try:
-                frames = self._decode(record, generator=generator)
+                frames = self._decode(record, generator)
                 break
             except DecodeError as e:
                 self._warn(record.path, e)
@@ -155,33 +146,17 @@ class VideoDataset(Dataset):
         return {"video": video, "label": label, "index": video_index, "valid": True,
                 "skipped": skipped}
 
-    def _test_item(self, index: int) -> dict[str, Any]:
-        video_index, view = divmod(index, len(self.views))
-        view = self.views[view]
-        record = self.records[video_index]
-        item = {"label": record.label, "index": video_index, "clip": view.clip,
-                "crop": view.crop, "valid": True, "skipped": []}
-        try:
-            frames = self._decode(record, clip=view.clip, num_clips=self.num_clips)
-            item["video"] = self.eval_transform(frames, view.crop)
-        except DecodeError as e:
-            self._warn(record.path, e)
-            size = self.eval_transform.crop_size
-            item["video"] = torch.zeros(3, self.sampling.num_frames, size, size)
-            item.update(valid=False, skipped=[record.path])
-        return item
-
 
 class VideoViews(Dataset):
-    """Every test view of one video per item, for prediction: item i is video i's
-    ``num_clips x num_crops`` views stacked, (V, C, T, S, S), clip-major.
+    """Every test view of one video per item: item i is video i's ``num_clips x
+    num_crops`` views stacked, (V, C, T, S, S), clip-major. The one way test views are
+    made: evaluation, prediction, serving, extraction and pictures all read them here.
 
     The video is probed once and the frames of all its clips are decoded in one pass,
-    scaled by the decoder to the transform's short side, so the views are the same as
-    :class:`VideoDataset`'s test items (up to the resize kernel) at a fraction of the
-    cost: no full-size frames, no decoding the same clip once per crop. A video that
-    cannot be decoded comes back with ``valid=False`` and its error. ``timing`` holds the
-    seconds spent opening/probing, decoding and transforming."""
+    scaled by the decoder to the transform's short side: no full-size frames, no decoding
+    the same clip once per crop. A video that cannot be decoded (or whose decoding raises
+    anything else) comes back with ``valid=False`` and its error, never an exception.
+    ``timing`` holds the seconds spent opening/probing, decoding and transforming."""
 
     def __init__(self, records: list[VideoRecord], *, sampling: ClipSampling,
                  eval_transform: EvalTransform, num_clips: int = 1, backend: str = "pyav",
@@ -202,8 +177,10 @@ class VideoViews(Dataset):
         record = self.records[index]
         short = self.transform.short_side or self.transform.crop_size
         timing = {"open": 0.0, "decode": 0.0, "transform": 0.0}
-        item = {"index": index, "valid": True, "error": None, "timing": timing,
-                "num_views": len(self.views)}
+        item = {"index": index, "label": record.label, "valid": True, "error": None,
+                "timing": timing, "num_views": len(self.views),
+                "clip": torch.tensor([v.clip for v in self.views]),
+                "crop": torch.tensor([v.crop for v in self.views])}
         try:
             start = time.perf_counter()
             info = self._backend.probe(record.path)
@@ -217,10 +194,12 @@ class VideoViews(Dataset):
             start = time.perf_counter()
             frames = self._backend.read(record.path, wanted, info, short_side=short)
             timing["decode"] = time.perf_counter() - start
-        except DecodeError as e:
+        except Exception as e:  # a bad file must not stop an evaluation or a prediction
             size = self.transform.crop_size
+            error = str(e) if isinstance(e, DecodeError) else \
+                f"{record.path}: {type(e).__name__}: {e}"
             item.update(video=torch.zeros(len(self.views), 3, self.sampling.num_frames, size,
-                                          size), valid=False, error=str(e))
+                                          size), valid=False, error=error)
             return item
         start = time.perf_counter()
         row = {f: k for k, f in enumerate(wanted)}
@@ -233,17 +212,22 @@ class VideoViews(Dataset):
 
 def collate_views(items: list[dict[str, Any]]) -> dict[str, Any]:
     """The views of several videos as one batch: ``video`` (sum V, C, T, S, S) and, per
-    view, ``index`` (the video's)."""
+    view, the video's ``index``, ``label`` and ``valid``, and the view's ``clip`` and
+    ``crop``; ``error`` maps a failed video's index to its reason."""
+    def per_view(key: str) -> Tensor:
+        return torch.tensor([it[key] for it in items for _ in range(it["num_views"])])
+
     return {"video": torch.cat([it["video"] for it in items]),
-            "index": torch.tensor([it["index"] for it in items
-                                   for _ in range(it["num_views"])]),
-            "valid": {it["index"]: it["valid"] for it in items},
+            "index": per_view("index"), "label": per_view("label"),
+            "valid": per_view("valid"),
+            "clip": torch.cat([it["clip"] for it in items]),
+            "crop": torch.cat([it["crop"] for it in items]),
             "error": {it["index"]: it["error"] for it in items if it["error"]},
             "timing": [it["timing"] for it in items]}
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack a batch; repeated clips are flattened into the batch (B * repeats, ...)."""
+    """Stack a training batch; repeated clips are flattened into the batch (B * repeats, ...)."""
     video = torch.stack([it["video"] for it in items])
     label = torch.stack([torch.as_tensor(it["label"]) for it in items])
     index = torch.tensor([it["index"] for it in items])
@@ -252,11 +236,15 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         r = video.shape[1]
         video, label = video.flatten(0, 1), label.flatten()
         index, valid = index.repeat_interleave(r), valid.repeat_interleave(r)
-    batch: dict[str, Tensor | list] = {
-        "video": video, "label": label, "index": index, "valid": valid,
-        "skipped": [p for it in items for p in it["skipped"]],
-    }
-    for key in ("clip", "crop"):
-        if key in items[0]:
-            batch[key] = torch.tensor([it[key] for it in items])
-    return batch
+    return {"video": video, "label": label, "index": index, "valid": valid,
+            "skipped": [p for it in items for p in it["skipped"]]}
+
+
+def view_loader(views: VideoViews, views_per_call: int, *, workers: int = 0, sampler=None,
+                pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """Batches of whole videos' test views (:func:`collate_views`): as many videos as fill
+    ``views_per_call`` views (at least one), in ``workers`` processes; ``sampler``: this
+    process's share of the videos (default: all, in order)."""
+    return torch.utils.data.DataLoader(views, max(1, views_per_call // len(views.views)),
+                                       sampler=sampler, collate_fn=collate_views,
+                                       num_workers=workers, pin_memory=pin_memory)

@@ -69,7 +69,7 @@ def refuse_text_file(path: str | Path, timeout: float = 30.0) -> None:
         refuse_text(container, path)
 
 
-def _check_file(path: str | Path, timeout: float = 30.0) -> None:
+def check_file(path: str | Path, timeout: float = 30.0) -> None:
     """Refuse what would block or cannot be a video: missing, FIFOs, devices, empty files,
     text files (which FFmpeg would render as video, :func:`refuse_text_file`)."""
     try:
@@ -97,7 +97,7 @@ class PyAVBackend:
     def _open(self, path):
         import av
 
-        _check_file(path, self.timeout)
+        check_file(path, self.timeout)
         try:
             container = av.open(str(path), timeout=self.timeout)
         except Exception as e:  # av.error.* and OSError
@@ -230,7 +230,7 @@ class TorchCodecBackend:
     def _decoder(self, path):
         from torchcodec.decoders import VideoDecoder
 
-        _check_file(path, self.timeout)
+        check_file(path, self.timeout)
         try:
             decoder = VideoDecoder(str(path), seek_mode="exact", dimension_order="NHWC")
         except Exception as e:

@@ -2,9 +2,11 @@
 
 A run directory holds:
 
-- ``checkpoint-<step:08d>/``: ``model.safetensors`` (the model's state dict) and
+- ``checkpoint-<step:08d>/``: ``model.safetensors`` (the model's state dict),
   ``state.pt`` (step, epoch, sampler epoch, optimizer, grad scaler, RNG states, the
-  resolved config, metrics). The last ``keep_last`` are kept.
+  resolved config, metrics), and two small files a loader reads without unpickling
+  anything: ``config.yaml`` (the resolved config) and ``masking.json`` (the test-time
+  masking). The last ``keep_last`` are kept.
 - ``best/``: the same two files for the best ``best_metric`` so far; its ``state.pt``
   has no optimizer, scaler or RNG state (it is for evaluation, prediction and export).
 - ``.tmp-*``: a directory being written, or one a crash left: never read; removed by the
@@ -20,6 +22,7 @@ the earlier checkpoints as they were and nothing half-written that a resume woul
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
@@ -87,7 +90,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, scaler, *,
                    "config": config, "metrics": metrics, "rng": rng_state(), **(extra or {})},
                   "state")
     path = run_dir / f"{PREFIX}{step:08d}"
-    _write_dir(path, weights, state)
+    _write_dir(path, weights, state, config)
     for old in _checkpoints(run_dir)[:-keep_last]:
         _remove(old)
     if best_metric is not None and _improves(run_dir / BEST, float(best_metric),
@@ -95,7 +98,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, scaler, *,
         best = plain({"step": step, "epoch": epoch, "sampler_epoch": sampler_epoch,
                       "config": config, "metrics": metrics, "best_metric": float(best_metric),
                       "higher_is_better": higher_is_better}, "best state")
-        _write_dir(run_dir / BEST, weights, best)
+        _write_dir(run_dir / BEST, weights, best, config)
     return path
 
 
@@ -195,12 +198,18 @@ def _checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
 
 
-def _write_dir(target: Path, weights: dict, state: dict) -> None:
-    """Both files, written and swapped in atomically (:func:`mar.atomic.write_dir`)."""
+def _write_dir(target: Path, weights: dict, state: dict, config: dict) -> None:
+    """The checkpoint's files, written and swapped in atomically
+    (:func:`mar.atomic.write_dir`)."""
+    import yaml
+
+    masking = config.get("eval_masking") or config.get("masking") or {"name": "none"}
 
     def write(tmp: Path) -> None:
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         torch.save(state, tmp / "state.pt")
+        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        (tmp / "masking.json").write_text(json.dumps(masking, indent=1) + "\n")
 
     atomic.write_dir(target, write)
 
@@ -215,7 +224,8 @@ def _remove(path: Path) -> None:
 def best_metric(run_dir: str | Path) -> float | None:
     """The score of the run's ``best/`` checkpoint, or None before there is one."""
     file = Path(run_dir) / BEST / "state.pt"
-    return torch.load(file, weights_only=True)["best_metric"] if file.is_file() else None
+    return (torch.load(file, map_location="cpu", weights_only=True)["best_metric"]
+            if file.is_file() else None)
 
 
 def _improves(best_dir: Path, value: float, higher_is_better: bool) -> bool:

@@ -27,17 +27,19 @@ class DistInfo:
 
 
 def init_distributed(device: str = "auto") -> DistInfo:
-    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and set up the group."""
+    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and set up the group.
+
+    ``device`` is ``--device`` (:func:`mar.inference.device.resolve_device`); ``cuda``
+    without an index is this process's local rank's GPU."""
+    from ..inference.device import resolve_device
+
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
     local = int(os.environ.get("LOCAL_RANK", 0))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        torch.cuda.set_device(local)
-        dev = torch.device("cuda", local)
-    else:
-        dev = torch.device(device)
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local) if dev.index is None else dev
+        torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return DistInfo(rank, world, local, dev)

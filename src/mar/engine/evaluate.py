@@ -1,8 +1,9 @@
 """The evaluation loop: per-view softmax scores, merged per video across all ranks.
 
-Views come from the data pipeline tagged with their video index; each rank scores its
-share, the scores are gathered in memory (no text files), and a video's score is the
-mean (or sum, as the official MAR code) of its views' softmax. Views of a file that did
+Each rank scores the test views (:class:`mar.data.VideoViews`, the views ``mar
+predict`` makes) of its share of the videos with :func:`mar.inference.score`; the scores
+are gathered in memory (no text files), and a video's score is the mean (or sum, as the
+official MAR code) of its views' softmax. Views of a file that did
 not decode are left out and counted.
 """
 
@@ -71,31 +72,32 @@ def merge_views(scores: Tensor, video: Tensor, labels: Tensor, valid: Tensor,
     return merged, video_labels, ids
 
 
-@torch.no_grad()
-def predict_views(model, loader, masking: MaskingStrategy, device, amp_dtype=None,
-                  progress=None) -> dict[str, Tensor]:
-    """Softmax scores of every view this rank sees, with their tags, on the CPU."""
+def predict_views(model, loader, masking: MaskingStrategy, *, amp: str | None = None,
+                  views_per_call: int | None = None, progress=None) -> dict[str, Tensor]:
+    """Softmax scores of every view this rank sees (:func:`mar.inference.score`), with
+    their tags, on the CPU; ``loader`` yields :func:`mar.data.collate_views` batches."""
+    from ..inference.score import score
+
     model.eval()
     out = {"scores": [], "video": [], "label": [], "valid": []}
     for batch in loader:
-        video = batch["video"].to(device, non_blocking=True)
-        mask = masking(video.shape[0], model.grid, train=False).to(device)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model.forward_head(model.forward_features(video, mask), mask)
-        out["scores"].append(logits.float().softmax(-1).cpu())
+        out["scores"].append(score(model, batch["video"], masking, amp=amp,
+                                   views_per_call=views_per_call))
         out["video"].append(batch["index"])
         out["label"].append(batch["label"])
         out["valid"].append(batch["valid"])
         if progress:
-            progress(video.shape[0])
+            progress(len(batch["index"].unique()))  # videos
     return {k: torch.cat(v) for k, v in out.items()}
 
 
 def evaluate(model, loader, masking: MaskingStrategy, info: DistInfo, num_classes: int,
-             merge: str = "mean", amp_dtype=None, progress=None) -> EvalResult:
+             merge: str = "mean", *, amp: str | None = None, views_per_call: int | None = None,
+             progress=None) -> EvalResult:
     """Top-1/5 at clip (view) and video level, per-class accuracy and confusion matrix,
     over all ranks' views."""
-    local = predict_views(model, loader, masking, info.device, amp_dtype, progress)
+    local = predict_views(model, loader, masking, amp=amp, views_per_call=views_per_call,
+                          progress=progress)
     parts = all_gather_objects(local, info)
     views = {k: torch.cat([p[k] for p in parts]) for k in local}
     valid = views["valid"]
@@ -151,9 +153,6 @@ def save_confusion(result: EvalResult, out_dir: str | Path,
     return csv_path, png_path
 
 
-AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 def run_eval(cfg: Config, model, split: str, info: DistInfo, out_dir: Path | None = None,
              masking: MaskingStrategy | None = None) -> EvalResult:
     """Evaluate ``model`` on the ``val`` (one view) or ``test`` (multi-view) split of
@@ -161,17 +160,21 @@ def run_eval(cfg: Config, model, split: str, info: DistInfo, out_dir: Path | Non
     also write the confusion matrix and per-class accuracy there."""
     from tqdm import tqdm
 
-    from .loader import build_loader
+    from ..data import view_loader
+    from .distributed import ShardSampler
 
     masking = masking or cfg.test_masking()
     data = cfg.dataset(split)
     # evaluation draws nothing at random, so more workers than cores gain nothing
     workers = min(cfg.data.num_workers, os.cpu_count() or 1)
-    loader = build_loader(data, cfg.eval.batch_size, info, workers=workers, shuffle=False)
-    bar = tqdm(total=len(loader.sampler), desc=f"{split} views", disable=not info.is_main,
+    sampler = ShardSampler(len(data), info.rank, info.world_size, shuffle=False)
+    loader = view_loader(data, cfg.eval.batch_size, workers=workers, sampler=sampler,
+                         pin_memory=info.device.type == "cuda")
+    bar = tqdm(total=len(sampler), desc=f"{split} videos", disable=not info.is_main,
                dynamic_ncols=True, leave=False)
     result = evaluate(model, loader, masking, info, cfg.model.num_classes, cfg.eval.merge,
-                      AMP[cfg.train.amp], progress=bar.update)
+                      amp=cfg.train.amp, views_per_call=cfg.eval.batch_size,
+                      progress=bar.update)
     bar.close()
     if out_dir is not None and info.is_main:
         names = None

@@ -28,14 +28,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .budget import scaled_lr as scaled_lr  # the linear scaling rule; it lives in budget.py
+
 POLICIES = ("paper", "official")
 TOP_LEVEL_LAYER0 = ("cls_token", "mask_token", "pos_embed")
 NO_DECAY_NAMES = ("cls_token", "mask_token", "pos_embed")  # last component of the name
-
-
-def scaled_lr(base_lr: float, effective_batch: int, reference: int = 256) -> float:
-    """The paper's rule (Table I footnote): actual LR = base LR x batch size / 256."""
-    return base_lr * effective_batch / reference
 
 
 def layer_id(name: str, depth: int) -> int:

@@ -28,9 +28,11 @@ from tqdm import tqdm
 
 from ..config import Config, save_config
 from ..data.mixup import VideoMixup
+from ..inference.device import amp_dtype
 from ..losses import LossTerms, mar_loss
 from ..masking import MaskingStrategy
 from ..models.io import load_weights
+from .budget import REFERENCE_BATCH, plan
 from .checkpoint import (
     best_metric,
     latest_checkpoint,
@@ -47,9 +49,9 @@ from .distributed import (
     init_distributed,
     mean_across_ranks,
 )
-from .evaluate import AMP, print_summary, run_eval
+from .evaluate import print_summary, run_eval
 from .loader import build_loader
-from .optim import build_optimizer, scaled_lr, set_lr
+from .optim import build_optimizer, set_lr
 from .schedule import lr_at
 
 
@@ -190,9 +192,9 @@ class Logger:
 
 
 def effective_batch(cfg: Config, world_size: int) -> int:
-    """Clips per optimizer step: batch x accumulation x processes x repeats."""
-    tc = cfg.train
-    return tc.batch_size * tc.accum_steps * world_size * cfg.data.repeats
+    """Clips per optimizer step: batch x accumulation x processes x repeats
+    (:func:`mar.engine.budget.effective_batch`)."""
+    return plan(cfg, world_size).effective_batch
 
 
 def train(cfg: Config, out_dir: str | Path, *, resume: bool = False,
@@ -216,14 +218,15 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False,
     train_set = cfg.dataset("train")
     loader = build_loader(train_set, tc.batch_size, info, workers=dc.num_workers,
                           shuffle=True, seed=tc.seed)
-    steps_per_epoch = len(loader.sampler) // tc.batch_size // tc.accum_steps
+    # effective batch, LR, steps and lambda: mar.engine.budget (also what `mar recipe` shows)
+    budget = plan(cfg, info.world_size, videos_per_process=len(loader.sampler))
+    steps_per_epoch = budget.steps_per_epoch
     if steps_per_epoch == 0:
         raise ValueError(f"{len(train_set)} training videos make no full batch of "
                          f"{tc.batch_size} x {tc.accum_steps} accumulation x "
                          f"{info.world_size} processes")
-    total_steps = tc.epochs * steps_per_epoch
-    effective = effective_batch(cfg, info.world_size)
-    lr = scaled_lr(tc.base_lr, effective) if tc.lr_scaling else tc.base_lr
+    total_steps = budget.total_steps
+    effective, lr = budget.effective_batch, budget.lr
     optimizer = build_optimizer(model, lr, tc.weight_decay, tc.layer_decay, tc.betas,
                                 policy=tc.layer_decay_policy)
     scaler = torch.amp.GradScaler(info.device.type, enabled=tc.amp == "fp16")
@@ -236,23 +239,23 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False,
              if finetune and (dc.mixup > 0 or dc.cutmix > 0) else None)
     mask_generator = torch.Generator().manual_seed(tc.seed * 1000 + info.rank)
     step_fn = TrainStep(model, net, optimizer, scaler, cfg.masking.build(), mask_generator,
-                        mixup, rec_weight=tc.rec_weight if finetune else 1.0,
+                        mixup, rec_weight=budget.rec_weight,
                         label_smoothing=dc.label_smoothing, accum_steps=tc.accum_steps,
-                        clip_grad=tc.clip_grad, amp_dtype=AMP[tc.amp], info=info)
+                        clip_grad=tc.clip_grad, amp_dtype=amp_dtype(tc.amp, info.device), info=info)
     checkpointer = Checkpointer(run_dir, cfg, info, model, optimizer, scaler, mask_generator)
     step = checkpointer.resume() if resume else 0
     if info.is_main:
         print(f"effective batch {effective} (batch {tc.batch_size} x accumulation "
               f"{tc.accum_steps} x {info.world_size} processes x {dc.repeats} repeats); "
-              f"lr {lr:.3g}" + (f" = {tc.base_lr:g} x {effective}/256" if tc.lr_scaling
-                                else " (not scaled)") + f"; {total_steps} steps")
+              f"lr {lr:.3g}" + (f" = {tc.base_lr:g} x {effective}/{REFERENCE_BATCH}"
+                                if tc.lr_scaling else " (not scaled)") + f"; {total_steps} steps")
         if tc.num_gpus is not None and tc.num_gpus != info.world_size:
             print(f"note: this recipe is written for {tc.num_gpus} processes; with "
                   f"{info.world_size} the effective batch and the LR differ from it "
                   "(`mar recipe` shows both)")
     logger = Logger(run_dir, info.is_main)
     skipped = []
-    warmup_steps = round(tc.warmup_epochs * steps_per_epoch)
+    warmup_steps = budget.warmup_steps
     stop = min(total_steps, tc.max_steps or total_steps)
     values = {"loss": float("nan")}
 

@@ -162,8 +162,10 @@ def read_model_dir(path: str | Path) -> tuple[dict, dict | None]:
     return config, masking
 
 
-def load_model(path: str | Path) -> tuple[MAR, dict]:
-    """The model of a mar model directory, loaded strictly, and its config (eval mode)."""
+def load_model_dir(path: str | Path) -> tuple[MAR, dict]:
+    """The model of a mar model directory, loaded strictly, and its ``create_model``
+    arguments (eval mode): a converter's round trip. Users load any run, checkpoint or
+    model directory with :func:`mar.load_model`, which also gives the settings."""
     config, _ = read_model_dir(path)
     try:
         model = empty_model(**config)

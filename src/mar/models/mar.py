@@ -13,23 +13,25 @@ from .patch_embed import IMAGENET_MEAN, IMAGENET_STD, reconstruction_target
 
 
 class MAROutput(NamedTuple):
-    """What a model with a decoder returns.
+    """What training's forward pass returns.
 
-    logits: (B, K), None without a head; pred and target: (B, N_masked, P), rows in
-    ``mask.ids_mask`` order.
+    logits: (B, K), None without a head (pretraining); pred and target: (B, N_masked, P),
+    rows in ``mask.ids_mask`` order, None without a decoder.
     """
 
     logits: Tensor | None
-    pred: Tensor
-    target: Tensor
+    pred: Tensor | None = None
+    target: Tensor | None = None
 
 
 class MAR(nn.Module):
     """Composes an encoder, a head and, for training, a reconstruction decoder.
 
-    ``forward(video, mask)`` returns logits (B, K) without a decoder (the deploy model),
-    and a :class:`MAROutput` with one. The mask is always an input: the model never
-    draws one; ``mask=None`` means every token is visible.
+    Two entries, one per job: :meth:`classify` returns logits (B, K) whatever the model
+    holds (every inference path calls it), and ``forward`` (training, what DDP wraps)
+    returns a :class:`MAROutput` with the reconstruction branch's prediction and target
+    when there is a decoder. The mask is always an input: the model never draws one;
+    ``mask=None`` means every token is visible.
     """
 
     def __init__(self, encoder: VideoEncoder, head: nn.Module | None,
@@ -63,12 +65,20 @@ class MAR(nn.Module):
                                        self.pixel_mean, self.pixel_std, self.norm_target)
         return gather_tokens(target, mask.ids_mask)
 
-    def forward(self, video: Tensor, mask: Mask | None = None) -> Tensor | MAROutput:
+    def classify(self, video: Tensor, mask: Mask | None = None) -> Tensor:
+        """(B, C, T, H, W) normalised clips -> logits (B, K): the deploy path (no decoder)."""
+        if self.head is None:
+            raise ValueError("this model has no classifier (a pretraining model)")
+        return self.forward_head(self.forward_features(video, mask), mask)
+
+    def forward(self, video: Tensor, mask: Mask | None = None) -> MAROutput:
+        """Training's output: logits and, with a decoder, the masked patches' prediction
+        and target."""
         if mask is None:
             mask = Mask.full(video.shape[0], self.grid, video.device)
         tokens = self.forward_features(video, mask)
         logits = None if self.head is None else self.forward_head(tokens, mask)
         if self.decoder is None:
-            return logits
+            return MAROutput(logits)
         pred = self.decoder(tokens, mask)
         return MAROutput(logits, pred, self.reconstruction_target(video, mask))

@@ -215,7 +215,7 @@ class TokenReduction(nn.Module):
 
     Same interface as the model, so ``evaluate`` / ``predict`` / ``measure_flops`` take it
     in its place: ``forward_features(video, mask) -> Tokens``, ``forward_head(tokens) ->
-    logits``, ``forward(video) -> logits``. It makes its own masks; the ``mask`` argument
+    logits``, ``classify(video) -> logits``. It makes its own masks; the ``mask`` argument
     must keep every token (evaluate it with masking ``none``).
 
     method: one of :data:`METHODS`. ratio: the fraction dropped (``random``) or masked by
@@ -332,8 +332,11 @@ class TokenReduction(nn.Module):
     def forward_head(self, tokens: Tokens, mask: Mask | None = None) -> Tensor:
         return head_logits(self.model.head, tokens.x, tokens.weights, tokens.mask)
 
-    def forward(self, video: Tensor, mask: Mask | None = None) -> Tensor:
+    def classify(self, video: Tensor, mask: Mask | None = None) -> Tensor:
+        """(B, C, T, H, W) -> logits (B, K), as :meth:`mar.models.MAR.classify`."""
         return self.forward_head(self.forward_features(video, mask))
+
+    forward = classify
 
     def mean_kept_tokens(self) -> float:
         """Mean tokens per clip entering the encoder blocks, over the clips seen."""

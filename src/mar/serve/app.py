@@ -67,7 +67,8 @@ class ServeSettings:
     overrides: tuple[str, ...] = ()
     class_names: str | None = None
     mask_ratio: float | None = None
-    device: str = "cpu"
+    device: str = "auto"
+    amp: str = "none"
     token: str | None = None
     max_batch_size: int = 16        # views per model call
     max_wait_ms: float = 10.0       # how long the first request of a batch waits for others
@@ -120,7 +121,8 @@ class ServerState:
         try:
             start = time.perf_counter()
             served = ServedModel(s.checkpoint, s.config, list(s.overrides), s.class_names,
-                                 s.mask_ratio, s.device, decode_timeout=s.timeout_s)
+                                 s.mask_ratio, s.device, decode_timeout=s.timeout_s,
+                                 amp=s.amp)
             served.warm_up((1, s.max_batch_size))
             self.served = served
             self.batcher = MicroBatcher(served.scores, s.max_batch_size, s.max_wait_ms / 1000,

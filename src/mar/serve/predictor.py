@@ -7,7 +7,7 @@ stacked from several uploads. MAR's evaluation mask is deterministic and keeps a
 number of tokens, so views of any upload stack into one batch without padding.
 
 A timeline (:meth:`ServedModel.timeline`, ``mar predict --window``'s
-:func:`mar.timeline.predict_timeline`) runs in a decode-pool thread, outside the batcher.
+:func:`mar.inference.timeline.predict_timeline`) runs in a decode-pool thread, outside the batcher.
 The model's forward pass reads its weights and changes no state, so two threads calling
 it would compute the right numbers; every call still takes :attr:`ServedModel.lock`, so
 the model runs one batch at a time as the batcher assumes (no two batches competing for
@@ -31,12 +31,14 @@ from PIL import Image
 from torch import Tensor
 
 from ..data import DecodeError, VideoRecord, make_backend, read_class_names
+from ..data.windows import window_starts
 from ..flops import model_cost
-from ..inference import describe_masking, eval_masking, load_run
+from ..inference.device import model_device
+from ..inference.load import describe_masking, eval_masking, load_model
+from ..inference.score import score
+from ..inference.timeline import Timeline, predict_timeline
+from ..inference.visualize import reconstruct
 from ..masking import Mask
-from ..models import patchify, unpatchify
-from ..timeline import Timeline, predict_timeline, window_starts
-from ..visualize import reconstruct
 
 
 class VideoTooLong(ValueError):
@@ -65,16 +67,16 @@ class DecodedVideo:
 
 
 class ServedModel:
-    """A model loaded with :func:`mar.inference.load_run` plus what a response reports:
+    """A model loaded with :func:`mar.inference.load_model` plus what a response reports:
     class names, the test-time masking line, GFLOPs per view and the views per video."""
 
     def __init__(self, checkpoint: str | Path, config: str | Path | None = None,
                  overrides: list[str] = (), class_names: str | Path | None = None,
-                 mask_ratio: float | None = None, device: str = "cpu",
-                 decode_timeout: float | None = None):
-        model, self.cfg = load_run(checkpoint, config, list(overrides))
-        self.device = torch.device(device)
-        self.model = model.to(self.device)
+                 mask_ratio: float | None = None, device: str = "auto",
+                 decode_timeout: float | None = None, amp: str = "none"):
+        self.model, self.cfg = load_model(checkpoint, config, list(overrides), device=device)
+        self.device = model_device(self.model)
+        self.amp = amp
         self.lock = threading.Lock()  # one model call at a time (module docstring)
         self.checkpoint = str(checkpoint)
         self.masking = eval_masking(self.cfg, mask_ratio)
@@ -132,15 +134,12 @@ class ServedModel:
         return DecodedVideo(item["video"], info.num_frames, info.fps, info.width,
                             info.height, duration)
 
-    @torch.no_grad()
     def scores(self, video: Tensor) -> Tensor:
-        """(B, C, T, H, W) views -> (B, K) softmax probabilities (``mar predict``'s path)."""
-        video = video.to(self.device)
-        mask = self.mask(video.shape[0]).to(self.device)
-        model = self.model
+        """(B, C, T, H, W) views -> (B, K) softmax probabilities (``mar predict``'s path,
+        :func:`mar.inference.score`, all B views in one call)."""
         with self.lock:
-            logits = model.forward_head(model.forward_features(video, mask), mask)
-        return logits.softmax(-1).cpu()
+            return score(self.model, video, self.masking, amp=self.amp,
+                         views_per_call=video.shape[0])
 
     def check_timeline(self, decoded: DecodedVideo, window: float, stride: float,
                        max_frames: int, max_windows: int) -> None:
@@ -172,8 +171,8 @@ class ServedModel:
         deadline = time.monotonic() + seconds
         try:
             return predict_timeline(_Locked(self.model, self.lock), self.cfg, path,
-                                    self.masking, window, stride, batch_size=batch_size,
-                                    smooth=smooth, timeout=seconds)
+                                    self.masking, window, stride, views_per_call=batch_size,
+                                    smooth=smooth, amp=self.amp, timeout=seconds)
         except DecodeError:
             if time.monotonic() >= deadline:
                 raise TimelineTimeout(f"{path}: the timeline took over {seconds:.3g} s") \
@@ -190,19 +189,15 @@ class ServedModel:
         """PNG data URLs of one (C, T, H, W) view: its frames, the same frames with the
         masked tokens grey, and the decoder's reconstruction (None without a decoder)."""
         mask = self.mask(1).to(self.device)
-        view = view.to(self.device)
-        if self.model.decoder is not None:
-            with self.lock:
-                original, masked, rebuilt = reconstruct(self.model, view[None], mask)
-        else:
-            original, masked = masked_frames(self.model, view[None], mask)
-            rebuilt = None
+        with self.lock:
+            original, masked, rebuilt = reconstruct(self.model, view[None].to(self.device),
+                                                    mask, need_decoder=False)
         return {"original": png_strip(original), "masked": png_strip(masked),
                 "reconstruction": png_strip(rebuilt) if rebuilt is not None else None}
 
 
 class _Locked:
-    """The model as :func:`predict_timeline` uses it, each forward call under ``lock``."""
+    """The model as :func:`predict_timeline` uses it, each model call under ``lock``."""
 
     def __init__(self, model, lock: threading.Lock):
         self.model, self.lock = model, lock
@@ -211,32 +206,9 @@ class _Locked:
     def parameters(self):
         return self.model.parameters()
 
-    def forward_features(self, video: Tensor, mask: Mask) -> Tensor:
+    def classify(self, video: Tensor, mask: Mask) -> Tensor:
         with self.lock:
-            return self.model.forward_features(video, mask)
-
-    def forward_head(self, tokens: Tensor, mask: Mask) -> Tensor:
-        with self.lock:
-            return self.model.forward_head(tokens, mask)
-
-
-def masked_frames(model, video: Tensor, mask: Mask) -> tuple[Tensor, Tensor]:
-    """(1, C, T, H, W) normalised clip -> its frames and the frames with masked tokens
-    grey, as (T, H, W, C) uint8 (what :func:`mar.visualize.reconstruct` draws, for a
-    model without a decoder)."""
-    pe = model.encoder.patch_embed
-    p, t = pe.patch_size, pe.tubelet_size
-    mean = video.new_tensor(model.pixel_mean).view(1, -1, 1, 1, 1)
-    std = video.new_tensor(model.pixel_std).view(1, -1, 1, 1, 1)
-    patches = patchify((video * std + mean).clamp(0, 1), p, t)       # (1, N, t*p*p*C)
-    hidden = patches.clone()
-    hidden[0, mask.ids_mask[0]] = 0.5
-
-    def frames(x: Tensor) -> Tensor:
-        clip = unpatchify(x, model.grid, p, t)[0].clamp(0, 1)         # (C, T, H, W)
-        return (clip.permute(1, 2, 3, 0) * 255).round().to(torch.uint8)
-
-    return frames(patches), frames(hidden)
+            return self.model.classify(video, mask)
 
 
 def png_strip(frames: Tensor, max_frames: int = 8, min_height: int = 96) -> str:

@@ -1,7 +1,4 @@
-"""``mar serve``: the command line of the HTTP inference server.
-
-Wired into ``mar`` by :func:`add_parser`; ``python -m mar.serve ...`` runs the same.
-"""
+"""``mar serve``: the HTTP inference server (:mod:`mar.serve`)."""
 
 from __future__ import annotations
 
@@ -11,6 +8,7 @@ import os
 import sys
 
 from ..errors import ConfigError
+from .options import add_mask_ratio, add_model
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 DESCRIPTION = ("Serve a model over HTTP: POST /v1/predict (multipart video upload -> top-k "
@@ -18,16 +16,12 @@ DESCRIPTION = ("Serve a model over HTTP: POST /v1/predict (multipart video uploa
                "Example: `mar serve --checkpoint runs/ssv2_b_mar50/best`. See docs/serve.md.")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True,
-                   help="a run, checkpoint or model directory, or a .safetensors file")
-    p.add_argument("--config", help="the run's config (default: found beside the weights)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, e.g. --set data.test_clips=1")
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="HTTP inference server with a web page",
+                       description=DESCRIPTION)
+    add_model(p)
     p.add_argument("--class-names", help="class-name file (default: data.class_names)")
-    p.add_argument("--mask-ratio", type=float,
-                   help="cell running at this ratio (default: the config's test mask)")
-    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    add_mask_ratio(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default: %(default)s, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="default: %(default)s")
@@ -57,18 +51,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="classes per answer unless the request asks (default: %(default)s)")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "serve", help="HTTP inference server with a web page", description=DESCRIPTION)
-    add_arguments(p)
-    p.set_defaults(func=cmd_serve)
-    return p
+    p.set_defaults(func=run)
 
 
 def settings_from(args: argparse.Namespace):
-    from .app import ServeSettings
+    from ..serve.app import ServeSettings
 
     for flag in ("max_batch_size", "max_frames", "queue_size", "decode_workers", "topk",
                  "max_windows"):
@@ -84,23 +71,26 @@ def settings_from(args: argparse.Namespace):
     return ServeSettings(
         checkpoint=args.checkpoint, config=args.config, overrides=tuple(args.set),
         class_names=args.class_names, mask_ratio=args.mask_ratio, device=args.device,
+        amp=args.amp,
         token=args.token or None, max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms, max_upload_mb=args.max_upload_mb,
         max_frames=args.max_frames, timeout_s=args.timeout_s, queue_size=args.queue_size,
         decode_workers=args.decode_workers, topk=args.topk, max_windows=args.max_windows)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from .app import create_app
+        from ..serve.app import create_app
     except ImportError as e:
         raise RuntimeError(f"mar serve needs the 'serve' extra ({e.name} is not installed): "
                            "pip install -e \".[serve]\"") from None
+    from ..inference.device import resolve_device
     from ..models.io import weights_file
 
     weights_file(args.checkpoint)  # a wrong path fails now, not in the loading thread
+    resolve_device(args.device)    # and so does a device this machine lacks
     settings = settings_from(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
     if args.host not in LOCAL_HOSTS and not settings.token:
@@ -126,14 +116,3 @@ def cmd_serve(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mar serve", description=DESCRIPTION)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return cmd_serve(args)
-    except (ConfigError, ValueError, RuntimeError, OSError) as e:
-        print(f"mar serve: error: {e}", file=sys.stderr)
-        return 2

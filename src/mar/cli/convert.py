@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .names import FORMAT_NAMES
+from ..convert.names import FORMAT_NAMES
+from .options import USAGE
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
         "convert", help="convert VideoMAE / transformers / image-MAE / official MAR weights",
         description="Convert a checkpoint into a mar model directory (model.safetensors, "
         "config.json, masking.json), loading strictly and printing what happened to every "
@@ -51,15 +52,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--allow-unexpected", action="store_true",
                    help="convert even if some keys of the file are used by no rule (listed)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DST")
-    p.set_defaults(func=cmd_convert)
-    return p
+    p.set_defaults(func=run)
 
 
-def cmd_convert(args: argparse.Namespace) -> int:
-    """Convert, save, print the report; on failure a one-line error and exit code 1."""
+def run(args: argparse.Namespace) -> int:
+    """Convert, save, print the report; on failure the keys behind it, a one-line error
+    and exit code 2 (nothing written)."""
+    from ..convert.convert import convert_checkpoint
+    from ..convert.report import ConversionError, describe_masking
     from ..models.io import ModelFileError, save_model
-    from .convert import convert_checkpoint
-    from .report import ConversionError, describe_masking
 
     try:
         model, report = convert_checkpoint(
@@ -76,7 +77,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         if report is not None and (report.missing or report.unexpected):
             print("\n".join(report.lines()))                # the keys behind the error
         print(f"mar convert: error: {e}", file=sys.stderr)
-        return 1
+        return USAGE
     print("\n".join(report.lines()))
     cfg = report.config
     arch = cfg["name"]

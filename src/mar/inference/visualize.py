@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .masking import Mask, MaskingStrategy
-from .models import MAR, patchify, unpatchify
+from ..masking import Mask, MaskingStrategy
+from ..models import MAR, patchify, unpatchify
 
 
 def _plt():
@@ -56,12 +56,15 @@ def mask_picture(strategies: dict[str, MaskingStrategy], grid: tuple[int, int, i
 
 
 @torch.no_grad()
-def reconstruct(model: MAR, video: Tensor, mask: Mask) -> tuple[Tensor, Tensor, Tensor]:
-    """(1, C, T, H, W) normalised clip -> original, masked and reconstructed clips as
-    (T, H, W, C) uint8. Masked patches of the reconstruction are the decoder's
-    predictions; with normalised-pixel targets they are mapped back with the original
-    patch's mean and std, as VideoMAE's visualisation does."""
-    if model.decoder is None:
+def reconstruct(model: MAR, video: Tensor, mask: Mask,
+                need_decoder: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(1, C, T, H, W) normalised clip -> original, masked (masked tokens grey) and
+    reconstructed clips as (T, H, W, C) uint8. Masked patches of the reconstruction are
+    the decoder's predictions; with normalised-pixel targets they are mapped back with
+    the original patch's mean and std, as VideoMAE's visualisation does. A model without
+    a decoder is an error, or, with ``need_decoder=False``, gives no reconstruction
+    (None)."""
+    if model.decoder is None and need_decoder:
         raise ValueError("the model has no reconstruction decoder (train or convert it with "
                          "decoder=True)")
     model.eval()
@@ -70,9 +73,18 @@ def reconstruct(model: MAR, video: Tensor, mask: Mask) -> tuple[Tensor, Tensor, 
     mean = video.new_tensor(model.pixel_mean).view(1, -1, 1, 1, 1)
     std = video.new_tensor(model.pixel_std).view(1, -1, 1, 1, 1)
     pixels = (video * std + mean).clamp(0, 1)
-    tokens = model.forward_features(video, mask)
-    pred = model.decoder(tokens, mask)[0]                       # (N_masked, t*p*p*C)
     patches = patchify(pixels, p, t)[0]                         # (N, t*p*p*C)
+    hidden = patches.clone()
+    hidden[mask.ids_mask[0]] = 0.5
+    grid = model.grid
+
+    def frames(x):
+        clip = unpatchify(x[None], grid, p, t)[0].clamp(0, 1)   # (C, T, H, W)
+        return (clip.permute(1, 2, 3, 0) * 255).round().to(torch.uint8).cpu()
+
+    if model.decoder is None:
+        return frames(patches), frames(hidden), None
+    pred = model(video, mask).pred[0]                           # (N_masked, t*p*p*C)
     c = video.shape[1]
     if model.norm_target:
         original = patches[mask.ids_mask[0]].view(-1, t * p * p, c)
@@ -81,14 +93,6 @@ def reconstruct(model: MAR, video: Tensor, mask: Mask) -> tuple[Tensor, Tensor, 
         pred = (pred.view(-1, t * p * p, c) * sigma + mu).flatten(1)
     rebuilt = patches.clone()
     rebuilt[mask.ids_mask[0]] = pred.to(rebuilt.dtype)
-    hidden = patches.clone()
-    hidden[mask.ids_mask[0]] = 0.5
-    grid = model.grid
-
-    def frames(x):
-        clip = unpatchify(x[None], grid, p, t)[0].clamp(0, 1)   # (C, T, H, W)
-        return (clip.permute(1, 2, 3, 0) * 255).round().to(torch.uint8)
-
     return frames(patches), frames(hidden), frames(rebuilt)
 
 
@@ -112,7 +116,7 @@ def reconstruction_figure(original: Tensor, masked: Tensor, rebuilt: Tensor,
     plt.close(fig)
     out = [Path(png)]
     if mp4 is not None:
-        from .data.video_writer import write_video
+        from ..data.video_writer import write_video
 
         strip = torch.cat([original, masked, rebuilt], dim=2).numpy()  # (T, H, 3W, C)
         out.append(write_video(mp4, strip, fps, crf=23))

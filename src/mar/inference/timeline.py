@@ -1,16 +1,11 @@
 """Long videos: one prediction per window, streamed.
 
 ``mar predict VIDEO --window W --stride S`` classifies the windows ``[k·S, k·S + W)`` of
-the whole video. Each window is one clip of ``data.num_frames`` frames, one per equal
-segment of the window (the frame at or after each segment's centre), short side scaled
-by the decoder, centre crop. Decoding streams: only the frames of the windows still
-open are held (about ``W / S + 1`` clips of small frames), so memory does not grow with
-the video's length. A decoding thread feeds the model, so the two overlap.
-
-The last window may run past the end: it is kept (its missing frames repeat the last
-one) when at least half of it is in the video, and a video shorter than one window gives
-one window. Probabilities can be smoothed over neighbouring windows (a centred moving
-average of ``smooth`` windows).
+the whole video, sampled by :func:`mar.data.windows.stream_windows` (which says how
+windows are sampled and how the tail is handled), centre-cropped, and scored by
+:func:`mar.inference.score`. A decoding thread feeds the model, so the two overlap.
+Probabilities can be smoothed over neighbouring windows (a centred moving average of
+``smooth`` windows).
 """
 
 from __future__ import annotations
@@ -23,102 +18,18 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .atomic import write_file, write_text
-from .data.decode import DecodeError, _check_file, scaled_size
-
-
-@dataclass
-class _Window:
-    start: float
-    targets: list[float]
-    frames: list[np.ndarray | None] = field(default_factory=list)
-
-    def __post_init__(self):
-        self.frames = [None] * len(self.targets)
-
-    def complete(self) -> bool:
-        return all(f is not None for f in self.frames)
-
-
-def window_starts(duration: float, window: float, stride: float) -> list[float]:
-    """The starts of the windows :func:`stream_windows` returns for a video of
-    ``duration`` seconds (the same rule, for planning and tests)."""
-    if window <= 0 or stride <= 0:
-        raise ValueError(f"window ({window}) and stride ({stride}) must be positive")
-    starts, k = [], 0
-    while k * stride < duration:
-        start = k * stride
-        if duration - start >= window / 2 or not starts:
-            starts.append(start)
-        k += 1
-    return starts
-
-
-def stream_windows(path: str | Path, window: float, stride: float, num_frames: int,
-                   short_side: int, timeout: float = 600.0
-                   ) -> Iterator[tuple[float, float, np.ndarray]]:
-    """Yield ``(start, end, frames)`` per window, in order; ``frames`` is uint8
-    (num_frames, H, W, 3) with the short side ``short_side``."""
-    import av
-
-    if window <= 0 or stride <= 0:
-        raise ValueError(f"window ({window}) and stride ({stride}) must be positive")
-    _check_file(path)
-    deadline = time.monotonic() + timeout
-    step = window / num_frames
-    try:
-        container = av.open(str(path))
-    except Exception as e:
-        raise DecodeError(f"{path}: cannot open ({type(e).__name__})") from None
-    with container:
-        if not container.streams.video:
-            raise DecodeError(f"{path}: no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        rate = float(stream.average_rate or stream.guessed_rate or 25)
-        size = scaled_size(stream.codec_context.width, stream.codec_context.height, short_side)
-        pending: list[_Window] = []
-        next_start, emitted, last, last_time = 0.0, 0, None, 0.0
-        try:
-            for index, frame in enumerate(container.decode(stream)):
-                if time.monotonic() > deadline:
-                    raise DecodeError(f"{path}: decoding took over {timeout:g}s")
-                t = frame.time if frame.time is not None else index / rate
-                while next_start <= t:
-                    pending.append(_Window(next_start, [next_start + (k + 0.5) * step
-                                                        for k in range(num_frames)]))
-                    next_start = (len(pending) + emitted) * stride
-                last = frame.to_ndarray(format="rgb24", width=size[0], height=size[1],
-                                        interpolation="AREA")
-                last_time = t
-                for w in pending:
-                    for k, target in enumerate(w.targets):
-                        if w.frames[k] is None and target <= t + 0.5 / rate:
-                            w.frames[k] = last
-                while pending and pending[0].complete():
-                    w = pending.pop(0)
-                    emitted += 1
-                    yield w.start, w.start + window, np.stack(w.frames)
-        except DecodeError:
-            raise
-        except Exception as e:
-            if last is None:
-                raise DecodeError(f"{path}: decoding failed ({type(e).__name__})") from None
-        if last is None:
-            raise DecodeError(f"{path}: no video frames")
-        duration = last_time + 1 / rate
-        for w in pending:  # the tail: windows that run past the end
-            if duration - w.start >= window / 2 or emitted == 0:
-                emitted += 1
-                frames = [f if f is not None else last for f in w.frames]
-                yield w.start, min(w.start + window, duration), np.stack(frames)
+from ..atomic import write_file, write_text
+from ..data.decode import scaled_size
+from ..data.windows import stream_windows
+from .device import default_views_per_call, model_device
+from .score import score
 
 
 @dataclass
@@ -187,25 +98,23 @@ def smooth_probs(probs: Tensor, windows: int) -> Tensor:
     return (sums / counts)[:, 0].T
 
 
-@torch.no_grad()
 def predict_timeline(model, cfg, path: str | Path, masking, window: float, stride: float,
-                     *, batch_size: int | None = None, smooth: int = 1, dtype=None,
-                     timeout: float | None = None) -> Timeline:
-    """Class probabilities of every window of ``path`` (see the module docstring).
+                     *, views_per_call: int | None = None, smooth: int = 1,
+                     amp: str | None = None, timeout: float | None = None) -> Timeline:
+    """Class probabilities of every window of ``path`` (see the module docstring), in
+    model calls of ``views_per_call`` windows under autocast ``amp``.
 
     ``timeout``: seconds the decoding stream may run in all before it stops with a
     :class:`~mar.data.decode.DecodeError` (default: ``data.decode_timeout * 20``)."""
-    from .data.transforms import EvalTransform
-    from .inference import default_views_per_call
+    from ..data.transforms import EvalTransform
 
-    batch_size = batch_size or default_views_per_call(next(model.parameters()).device)
+    views_per_call = views_per_call or default_views_per_call(model_device(model))
     dc = cfg.data
     transform = EvalTransform(dc.crop_size, 1, dc.short_side, cfg.model.pixel_mean,
                               cfg.model.pixel_std)
     short = dc.short_side or dc.crop_size
-    device = next(model.parameters()).device
     begin = time.perf_counter()
-    clips: queue.Queue = queue.Queue(maxsize=2 * batch_size)
+    clips: queue.Queue = queue.Queue(maxsize=2 * views_per_call)
     failure: list[BaseException] = []
 
     def decode() -> None:  # the producer thread: PyAV and torch both release the GIL
@@ -224,7 +133,7 @@ def predict_timeline(model, cfg, path: str | Path, masking, window: float, strid
     done = False
     while not done:
         batch = []
-        while len(batch) < batch_size:
+        while len(batch) < views_per_call:
             item = clips.get()
             if item is None:
                 done = True
@@ -232,11 +141,8 @@ def predict_timeline(model, cfg, path: str | Path, masking, window: float, strid
             batch.append(item)
         if not batch:
             break
-        video = torch.stack([b[2] for b in batch]).to(device)
-        mask = masking(video.shape[0], model.grid, train=False).to(device)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model.forward_head(model.forward_features(video, mask), mask)
-        probs.append(logits.float().softmax(-1).cpu())
+        probs.append(score(model, torch.stack([b[2] for b in batch]), masking, amp=amp,
+                           views_per_call=views_per_call))
         starts += [b[0] for b in batch]
         ends += [b[1] for b in batch]
     thread.join()
@@ -285,7 +191,7 @@ def render_timeline(timeline: Timeline, out: str | Path, label, height: int = 36
     import av
     from PIL import ImageDraw
 
-    from .data.video_writer import CONTAINERS, encode_stream
+    from ..data.video_writer import CONTAINERS, encode_stream
 
     out = Path(out)
     if out.suffix.lower() not in CONTAINERS:

@@ -8,9 +8,10 @@ themselves are kept too, (views, N_visible, D), with their indices in the token 
 Guarantees:
 
 - A video's features depend only on the video and the settings, never on which other
-  videos share the run, the batch or the number of processes: a video's views are run
-  in chunks of ``--batch-size`` of its own views, with the same (evaluation) mask for
-  every view.
+  videos share the run, the batch or the number of processes: a video's views (the
+  test views ``mar eval`` and ``mar predict`` make, :class:`mar.data.VideoViews`) are
+  run by :func:`mar.inference.score` in calls of ``--batch-size`` of its own views,
+  with the same (evaluation) mask for every view.
 - Every output file is written atomically (:mod:`mar.atomic`); a file that exists is
   complete, and a rerun skips it. A run killed at any point resumes where it stopped.
   A rerun with different settings (weights, masking, views, ...) into the same folder
@@ -24,13 +25,11 @@ Guarantees:
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import re
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,9 +37,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import __version__, atomic
-from .config import Config, ConfigError
-from .masking import Mask, MaskingStrategy, make_masking
+from .. import __version__, atomic
+from ..config import Config
+from ..masking import MaskingStrategy, make_masking
+from .score import score
 
 FORMAT = "mar-features/1"
 FEATURES = "features"        # the folder of per-video files inside --out
@@ -61,9 +61,9 @@ class Source:
 def list_sources(items: list[str], root: str | None = None) -> list[Source]:
     """Videos from folders (searched recursively), video files and ``path label`` lists
     (relative paths joined to ``root``), in the order given, each video once."""
-    from .data import read_list
-    from .data.prepare import VIDEO_EXTENSIONS
-    from .inference import find_videos
+    from ..data import read_list
+    from ..data.prepare import VIDEO_EXTENSIONS
+    from .predict import find_videos
 
     out: dict[str, Source] = {}
     for item in items:
@@ -101,7 +101,7 @@ def resolve_masking(cfg: Config, ratio: float | None,
                     all_tokens: bool) -> tuple[MaskingStrategy, str]:
     """The test-time masking and where it came from: ``--all-tokens``, ``--mask-ratio``
     (cell running at that ratio) or the checkpoint's own."""
-    from .inference import eval_masking
+    from .load import eval_masking
 
     if all_tokens:
         return make_masking("none", 0.0), "--all-tokens"
@@ -110,9 +110,10 @@ def resolve_masking(cfg: Config, ratio: float | None,
 
 def settings_of(model, cfg: Config, masking: MaskingStrategy, masking_from: str,
                 checkpoint: str, *, clips: int, crops: int, tokens: bool,
-                dtype: str) -> dict[str, Any]:
+                store_dtype: str, amp: str, device: str,
+                views_per_call: int) -> dict[str, Any]:
     """Everything the features depend on; a rerun into the same folder must match it."""
-    from .models.io import weights_file
+    from ..models.io import weights_file
 
     mask = masking(1, model.grid, train=False)
     dc = cfg.data
@@ -131,8 +132,10 @@ def settings_of(model, cfg: Config, masking: MaskingStrategy, masking_from: str,
                  "segment_test_style": dc.segment_test_style, "crop_size": dc.crop_size,
                  "short_side": dc.short_side, "backend": dc.backend},
         "tokens": tokens,
-        "dtype": dtype,
-        "amp": cfg.train.amp,
+        "store_dtype": store_dtype,
+        "amp": amp,
+        "device": device,
+        "views_per_call": views_per_call,
     }
 
 
@@ -152,58 +155,6 @@ def check_settings(out: Path, settings: dict) -> None:
                          "differ); use another --out")
 
 
-class ViewsPerVideo(torch.utils.data.Dataset):
-    """Item i: every test view of video i, ``{"video": (V, C, T, H, W), "clip": (V,),
-    "crop": (V,)}``, or ``{"error": reason}`` when a view could not be decoded."""
-
-    def __init__(self, views):
-        self.views = views                      # a test-view VideoDataset
-        self.per_video = len(views.views)
-
-    def __len__(self) -> int:
-        return len(self.views.records)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        path = self.views.records[index].path
-        try:
-            # the dataset turns a decoding error into an invalid view and a warning
-            # that names the file and the reason; keep the reason for the manifest
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                items = [self.views[index * self.per_video + v]
-                         for v in range(self.per_video)]
-        except Exception as e:  # a bad video must not stop the others
-            return {"index": index, "error": f"{path}: {type(e).__name__}: {e}"}
-        bad = sum(not it["valid"] for it in items)
-        if bad:
-            reasons = [str(w.message).removeprefix("skipping unreadable video: ")
-                       for w in caught]
-            reason = reasons[0] if reasons else f"{path}: could not be decoded"
-            return {"index": index, "error": f"{bad} of {len(items)} views failed: {reason}"}
-        return {"index": index, "video": torch.stack([it["video"] for it in items]),
-                "clip": torch.tensor([it["clip"] for it in items]),
-                "crop": torch.tensor([it["crop"] for it in items])}
-
-
-@torch.no_grad()
-def encode_views(model, views: Tensor, mask: Mask, batch_size: int, amp_dtype=None,
-                 keep_tokens: bool = False) -> tuple[Tensor, Tensor | None]:
-    """(V, C, T, H, W) -> pooled features (V, D) float32 and, with ``keep_tokens``, the
-    visible tokens (V, N_visible, D), in chunks of ``batch_size`` views. ``mask`` is one
-    clip's mask (batch 1), used for every view."""
-    device = next(model.parameters()).device
-    pooled, tokens = [], []
-    for chunk in views.split(batch_size):
-        b = chunk.shape[0]
-        m = Mask(mask.ids_keep.expand(b, -1), mask.ids_mask.expand(b, -1), mask.grid)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            x = model.forward_features(chunk.to(device, non_blocking=True), m.to(device))
-        pooled.append(x.float().mean(1).cpu())      # (b, D)
-        if keep_tokens:
-            tokens.append(x.cpu())                  # (b, N_visible, D)
-    return torch.cat(pooled), torch.cat(tokens) if keep_tokens else None
-
-
 def save_features(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> Path:
     """One video's file, atomically (a killed run leaves no partial file)."""
     from safetensors.torch import save_file
@@ -212,24 +163,24 @@ def save_features(path: Path, tensors: dict[str, Tensor], metadata: dict[str, st
     return atomic.write_file(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
-def extract_share(model, cfg: Config, sources: list[Source], out: Path, mask: Mask,
-                  settings: dict, *, batch_size: int, workers: int,
+def extract_share(model, cfg: Config, sources: list[Source], out: Path,
+                  masking: MaskingStrategy, settings: dict, *, workers: int,
                   progress_name: str | None = None) -> list[dict]:
     """Extract ``sources`` (this process's share) into ``out/features``; a record each.
     ``progress_name``: the label of a progress bar (None: no bar)."""
     from tqdm import tqdm
 
-    from .data import VideoRecord
-    from .engine.evaluate import AMP
+    from ..data import VideoRecord
 
     if not sources:
         return []
     clips, crops = settings["clips"], settings["crops"]
-    views = cfg.eval_dataset([VideoRecord(s.path, s.label or 0) for s in sources], clips,
-                             crops)
-    loader = torch.utils.data.DataLoader(ViewsPerVideo(views), batch_size=None,
-                                         num_workers=workers)
-    dtype = DTYPES[settings["dtype"]]
+    views = cfg.views_dataset([VideoRecord(s.path, s.label or 0) for s in sources], clips,
+                              crops)
+    # one video per item: a video's features never depend on the others
+    loader = torch.utils.data.DataLoader(views, batch_size=None, num_workers=workers)
+    dtype = DTYPES[settings["store_dtype"]]
+    mask = masking(1, model.grid, train=False)
     records = []
     bar = tqdm(total=len(sources), desc=progress_name, unit="video",
                disable=progress_name is None, dynamic_ncols=True)
@@ -239,14 +190,15 @@ def extract_share(model, cfg: Config, sources: list[Source], out: Path, mask: Ma
         record = {"video": source.path, "key": source.key, "label": source.label,
                   "file": f"{FEATURES}/{name}", "views": 0, "status": "ok", "error": None,
                   "reused": False}
-        if "error" in item:
+        if not item["valid"]:
             record.update(file=None, status="error", error=item["error"])
         else:
-            features, tokens = encode_views(model, item["video"], mask, batch_size,
-                                            AMP[settings["amp"]], settings["tokens"])
+            tokens = score(model, item["video"], masking, amp=settings["amp"],
+                           views_per_call=settings["views_per_call"], features=True)
+            features = tokens.float().mean(1)                   # (V, D), pooled in float32
             tensors = {"features": features.to(dtype), "clip": item["clip"],
                        "crop": item["crop"]}
-            if tokens is not None:
+            if settings["tokens"]:
                 tensors["tokens"] = tokens.to(dtype)
                 tensors["token_ids"] = mask.ids_keep[0].clone()
             metadata = {"format": FORMAT, "video": source.path, "key": source.key,
@@ -321,16 +273,12 @@ def gather_records(out: Path, rank: int, world: int, records: list[dict],
 
 
 def extract(model, cfg: Config, sources: list[Source], out: str | Path, settings: dict,
-            masking: MaskingStrategy, info, *, batch_size: int | None = None,
-            workers: int = 0) -> list[dict] | None:
+            masking: MaskingStrategy, info, *, workers: int = 0) -> list[dict] | None:
     """Extract ``sources`` into ``out`` on this process's share; rank 0 returns every
-    video's record, in the order of ``sources`` (other ranks: None). ``batch_size``:
-    views per forward pass (default: :func:`mar.inference.default_views_per_call`)."""
-    from .engine.distributed import barrier
-    from .inference import default_views_per_call
+    video's record, in the order of ``sources`` (other ranks: None)."""
+    from ..engine.distributed import barrier
 
     out = Path(out)
-    batch_size = batch_size or default_views_per_call(info.device)
     if info.is_main:
         check_settings(out, settings)
         (out / FEATURES).mkdir(parents=True, exist_ok=True)
@@ -348,9 +296,8 @@ def extract(model, cfg: Config, sources: list[Source], out: str | Path, settings
         print(f"{len(sources)} videos: {len(sources) - len(todo)} already extracted, "
               f"{len(todo)} to do on {info.world_size} process"
               f"{'es' if info.world_size > 1 else ''}", file=sys.stderr)
-    mask = masking(1, model.grid, train=False)
-    records = extract_share(model, cfg, todo[info.rank::info.world_size], out, mask, settings,
-                            batch_size=batch_size, workers=workers,
+    records = extract_share(model, cfg, todo[info.rank::info.world_size], out, masking,
+                            settings, workers=workers,
                             progress_name=(None if not info.is_main else "videos"
                                            if info.world_size == 1 else
                                            f"videos (rank 0 of {info.world_size})"))
@@ -363,66 +310,3 @@ def extract(model, cfg: Config, sources: list[Source], out: str | Path, settings
              for s in sources]
     write_manifest(out, settings, final, info.world_size)
     return final
-
-
-def cmd_extract(args: argparse.Namespace) -> int:
-    from .engine.distributed import init_distributed, shutdown
-    from .inference import describe_masking, load_run
-
-    overrides = [i for i in args.items if "=" in i]
-    inputs = [i for i in args.items if "=" not in i]
-    if not inputs:
-        raise ConfigError("extract: give a folder, video files or a list file")
-    for name in ("clips", "crops", "batch_size"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got "
-                             f"{getattr(args, name)}")
-    sources = list_sources(inputs, args.root)
-    model, cfg = load_run(args.checkpoint, args.config, overrides)
-    masking, masking_from = resolve_masking(cfg, args.mask_ratio, args.all_tokens)
-    clips = args.clips or cfg.data.test_clips
-    crops = args.crops or cfg.data.test_crops
-    settings = settings_of(model, cfg, masking, masking_from, args.checkpoint, clips=clips,
-                           crops=crops, tokens=args.tokens, dtype=args.dtype)
-    info = init_distributed(cfg.train.device)
-    try:
-        model.to(info.device)
-        if info.is_main:
-            print(describe_masking(masking, model.grid), file=sys.stderr)
-        workers = cfg.data.num_workers if args.workers is None else args.workers
-        records = extract(model, cfg, sources, args.out, settings, masking, info,
-                          batch_size=args.batch_size, workers=workers)
-    finally:
-        shutdown()
-    if records is None:
-        return 0
-    errors = [r for r in records if r["status"] == "error"]
-    for r in errors:
-        print(f"error: {r['error']}", file=sys.stderr)
-    print(f"{len(records) - len(errors)} of {len(records)} videos extracted "
-          f"({clips} x {crops} views each) into {Path(args.out) / FEATURES}; manifest "
-          f"{Path(args.out) / MANIFEST}", file=sys.stderr)
-    return 1 if errors else 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    from .extract_cli import add_parser
-
-    """``python -m mar.extract ...`` (the form ``torchrun -m`` needs): as ``mar extract``."""
-    parser = argparse.ArgumentParser(prog="mar")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args, extra = parser.parse_known_args(["extract", *(sys.argv[1:] if argv is None
-                                                        else argv)])
-    # `key=value` overrides may also follow the options, as with `mar`
-    if any("=" not in x or x.startswith("-") for x in extra):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    args.items += extra
-    try:
-        return args.func(args)
-    except (ConfigError, ValueError, RuntimeError, OSError) as e:
-        print(f"mar extract: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

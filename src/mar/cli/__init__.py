@@ -1,0 +1,66 @@
+"""The ``mar`` command line: one module per command, one parser, one ``main``.
+
+Each module has ``add_parser(subparsers)`` and ``run(args) -> exit code``; the options
+they share, the override syntax and the exit codes are in :mod:`mar.cli.options`.
+``python -m mar`` (what ``torchrun -m mar ...`` runs) is the same as ``mar``. Building
+the parser imports no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import (
+    convert,
+    data,
+    demo,
+    eval,
+    export,
+    extract,
+    flops,
+    predict,
+    recipe,
+    serve,
+    train,
+    visualize,
+)
+from .options import EXIT_CODES, USAGE
+
+COMMANDS = (train, eval, predict, extract, serve, export, visualize, convert, flops, recipe,
+            data, demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mar", description="MAR: masked autoencoders for efficient action recognition. "
+        "`mar COMMAND --help` for a command's options; docs/cli.md lists them all.",
+        epilog=EXIT_CODES)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS:
+        module.add_parser(sub)
+    for p in sub.choices.values():
+        p.epilog = p.epilog or EXIT_CODES
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `key=value` overrides may also follow the options (argparse stops a positional
+    # list at the first option)
+    positional = "items" if hasattr(args, "items") else "videos" if hasattr(args, "videos") \
+        else None
+    if extra and positional and all("=" in x and not x.startswith("-") for x in extra):
+        setattr(args, positional, getattr(args, positional) + extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return args.func(args)
+    except (ValueError, RuntimeError, OSError) as e:  # ConfigError is a ValueError
+        print(f"mar {args.command}: error: {e}", file=sys.stderr)
+        return USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Where and how a model runs: the one device choice (``--device``), the autocast dtype
+(``--amp``) and the views per model call of every command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError
+
+AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` (the GPU if there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+
+    A device this machine lacks is a :class:`~mar.errors.ConfigError`, never a silent
+    run somewhere else."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if device.type != "cuda":
+        raise ConfigError(f"device {name!r}: expected auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r}: this machine has no CUDA GPU (torch "
+                          f"{torch.__version__}); use --device cpu")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise ConfigError(f"device {name!r}: this machine has {count} GPU"
+                          f"{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})")
+    return device
+
+
+def amp_dtype(name: str | None, device: torch.device) -> torch.dtype | None:
+    """``--amp none|bf16|fp16`` (``train.amp``): the autocast dtype, None for fp32."""
+    name = name or "none"
+    if name not in AMP:
+        raise ConfigError(f"amp {name!r}: expected one of {', '.join(AMP)}")
+    if name == "bf16" and device.type == "cpu" and not torch.backends.mkldnn.is_available():
+        raise ConfigError("amp 'bf16': this CPU build has no bf16 kernels (oneDNN)")
+    return AMP[name]
+
+
+def cpu_bf16_instructions() -> list[str] | None:
+    """This CPU's native bf16 instruction sets, as Linux lists them (x86: AVX-512 BF16,
+    AMX; Arm: BF16), or None where they cannot be read. Without them oneDNN converts
+    bf16 in software, which is slower than fp32."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return None
+    return sorted(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def bf16_note(amp: str | None, device: torch.device) -> str | None:
+    """A line for the user when ``--amp bf16`` will be slower than fp32 here."""
+    if amp != "bf16" or device.type != "cpu" or cpu_bf16_instructions() != []:
+        return None
+    return ("note: this CPU has no bf16 instructions (AVX-512 BF16 or AMX): bf16 is "
+            "emulated and slower than fp32 here (about 3x for ViT-B, docs/benchmarks.md)")
+
+
+def default_views_per_call(device: torch.device) -> int:
+    """Views per model call: 4 on a CPU, where larger calls outgrow the caches (ViT-B:
+    8 views per call 8-12 % slower than 1 to 4, docs/benchmarks.md), 16 on a GPU."""
+    return 4 if device.type == "cpu" else 16
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device a model's parameters are on."""
+    return next(model.parameters()).device

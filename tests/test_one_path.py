@@ -1,0 +1,153 @@
+"""One way to do each job: `mar eval` and `mar predict` agree on the same videos; every
+command that runs a model puts it, and every batch, on `--device` (checked on a CPU with
+a recording fake GPU); a device this machine lacks is a one-line error."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+from videos import REAL
+
+from mar.cli import main
+
+VIDEOS = [REAL / "tree.avi", REAL / "bigbuckbunny.mp4", REAL / "Megamind.avi"]
+VIEWS = ["--set", "data.test_clips=2", "--set", "data.test_crops=3"]
+
+
+def test_eval_and_predict_give_the_same_probabilities_on_real_videos(model_dir, tmp_path,
+                                                                     monkeypatch, capsys):
+    import mar.engine.evaluate as evaluate
+
+    listed = tmp_path / "test.csv"
+    listed.write_text("".join(f"{v} {i}\n" for i, v in enumerate(VIDEOS)))
+    merged = []
+    real_merge = evaluate.merge_views
+
+    def spy(*args, **kwargs):
+        merged.append(real_merge(*args, **kwargs))
+        return merged[-1]
+
+    monkeypatch.setattr(evaluate, "merge_views", spy)
+    assert main(["eval", "--checkpoint", str(model_dir), "--device", "cpu", *VIEWS,
+                 "--set", f"data.test_list={listed}", "--set", "data.num_workers=0",
+                 "--set", "eval.batch_size=4"]) == 0
+    (scores, _, ids), = merged
+    assert ids.tolist() == [0, 1, 2]
+    capsys.readouterr()
+    assert main(["predict", *map(str, VIDEOS), "--checkpoint", str(model_dir), "--json",
+                 "--topk", "6", "--device", "cpu", *VIEWS]) == 0
+    predicted = json.loads(capsys.readouterr().out)
+    for row, result in zip(scores, predicted, strict=True):
+        assert result["views"] == 6
+        probs = torch.tensor([t["prob"] for t in result["top"]])
+        classes = [t["class"] for t in result["top"]]
+        assert torch.allclose(row[classes], probs, atol=1e-5), (result["video"], row, probs)
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """A machine that says it has one CUDA GPU: ``.to("cuda")`` of modules and tensors is
+    recorded (``moves``) and done on the CPU; a module's device is the one it was last
+    moved to. What a command does not move to the GPU is not recorded."""
+    moves: list[tuple[str, str]] = []
+    placed: dict[int, torch.device] = {}
+    tensor_to, module_to = torch.Tensor.to, torch.nn.Module.to
+
+    def redirect(args, kwargs):
+        found, args = None, list(args)
+        for i, a in enumerate(args):
+            if isinstance(a, str | torch.device) and torch.device(a).type == "cuda":
+                found, args[i] = torch.device(a), "cpu"
+        d = kwargs.get("device")
+        if isinstance(d, str | torch.device) and torch.device(d).type == "cuda":
+            found, kwargs["device"] = torch.device(d), "cpu"
+        return found, args, kwargs
+
+    def fake_tensor_to(self, *args, **kwargs):
+        found, args, kwargs = redirect(args, kwargs)
+        if found is not None:
+            moves.append(("tensor", str(found)))
+        return tensor_to(self, *args, **kwargs)
+
+    def fake_module_to(self, *args, **kwargs):
+        found, args, kwargs = redirect(args, kwargs)
+        if found is not None:
+            moves.append((type(self).__name__, str(found)))
+            placed[id(self)] = found
+        return module_to(self, *args, **kwargs)
+
+    import mar.inference.device as device
+
+    real_model_device = device.model_device
+
+    def fake_model_device(model):
+        return placed.get(id(model), real_model_device(model))
+
+    monkeypatch.setattr(torch.Tensor, "to", fake_tensor_to)
+    monkeypatch.setattr(torch.nn.Module, "to", fake_module_to)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a, **k: self)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: None)
+    for module in list(sys.modules.values()):    # every `from .device import model_device`
+        if getattr(module, "model_device", None) is real_model_device:
+            monkeypatch.setattr(module, "model_device", fake_model_device)
+    return moves
+
+
+def _predict(model_dir, *extra):
+    return main(["predict", str(REAL / "tree.avi"), str(REAL / "bigbuckbunny.mp4"),
+                 "--checkpoint", str(model_dir), "--json", "--batch-size", "2", *VIEWS,
+                 *extra])
+
+
+@pytest.mark.parametrize("flag, expected", [(["--device", "cuda"], "cuda"),
+                                            (["--device", "cuda:0"], "cuda:0"),
+                                            ([], "cuda")])        # auto: the GPU
+def test_predict_puts_the_model_and_every_batch_on_the_device(model_dir, fake_gpu, capsys,
+                                                              flag, expected):
+    import mar.inference.device  # noqa: F401  (patched by the fixture)
+
+    assert _predict(model_dir, *flag) == 0
+    assert ("MAR", expected) in fake_gpu                     # the model went there
+    batches = [m for m in fake_gpu if m[0] == "tensor"]
+    # 2 videos x 6 views in calls of 2: 6 calls, each moving the views and the mask
+    assert len(batches) >= 6 * 2, fake_gpu
+    assert len(json.loads(capsys.readouterr().out)) == 2
+
+
+def test_predict_on_the_cpu_moves_nothing_to_the_gpu(model_dir, fake_gpu, capsys):
+    assert _predict(model_dir, "--device", "cpu") == 0
+    assert fake_gpu == []
+
+
+def test_eval_and_extract_put_the_model_and_batches_on_the_device(model_dir, fake_gpu,
+                                                                  tmp_path):
+    listed = tmp_path / "test.csv"
+    listed.write_text(f"{REAL / 'tree.avi'} 0\n")
+    assert main(["eval", "--checkpoint", str(model_dir), "--device", "cuda", *VIEWS,
+                 "--set", f"data.test_list={listed}", "--set", "data.num_workers=0"]) == 0
+    assert ("MAR", "cuda:0") in fake_gpu and ("tensor", "cuda:0") in fake_gpu
+    fake_gpu.clear()
+    assert main(["extract", str(listed), "--checkpoint", str(model_dir), "--device", "cuda",
+                 "--out", str(tmp_path / "features"), "--workers", "0"]) == 0
+    assert ("MAR", "cuda:0") in fake_gpu and ("tensor", "cuda:0") in fake_gpu
+    settings = json.loads((tmp_path / "features" / "manifest.json").read_text())["settings"]
+    assert settings["device"] == "cuda" and settings["views_per_call"] == 16
+
+
+@pytest.mark.parametrize("command", [
+    ["predict", str(REAL / "tree.avi")], ["eval"], ["export", "--out", "x.onnx"],
+    ["extract", str(REAL / "tree.avi"), "--out", "feats"], ["visualize", str(REAL / "tree.avi"),
+                                                            "--out", "pictures"]])
+def test_a_device_this_machine_lacks_is_a_one_line_error(model_dir, tmp_path, monkeypatch,
+                                                         capsys, command):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main([*command, "--checkpoint", str(model_dir), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no CUDA GPU" in err[0] and err[0].startswith(f"mar {command[0]}")
+    assert list(tmp_path.iterdir()) == []                   # nothing written
