@@ -151,3 +151,15 @@ def test_a_device_this_machine_lacks_is_a_one_line_error(model_dir, tmp_path, mo
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no CUDA GPU" in err[0] and err[0].startswith(f"mar {command[0]}")
     assert list(tmp_path.iterdir()) == []                   # nothing written
+
+
+def test_train_on_a_device_this_machine_lacks_writes_nothing(tiny_lists, tmp_path,
+                                                             monkeypatch, capsys):
+    from conftest import CONFIGS, as_args, shrink
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = CONFIGS / "tiny_cpu.yaml"
+    out = tmp_path / "run"
+    assert main(["train", str(config), *as_args(shrink(config, tiny_lists)), "--out", str(out),
+                 "--device", "cuda:1"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err and not out.exists()

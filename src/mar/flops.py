@@ -60,9 +60,10 @@ def measure_flops(model: MAR, mask: Mask) -> int:
     model.eval()
     try:
         with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
-            tokens = model.forward_features(video, mask)
             if model.head is not None:
-                model.forward_head(tokens, mask)
+                model.classify(video, mask)
+            else:                               # a pretraining encoder: no classifier
+                model.forward_features(video, mask)
     finally:
         model.train(was_training)
     return counter.get_total_flops() // 2

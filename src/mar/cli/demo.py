@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from .options import add_device
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..demo import FULL, DemoConfig  # torch-free
@@ -38,11 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--workers", type=int, default=d.workers, help="data loader workers")
-    p.add_argument("--device", default=d.device, metavar="auto|cpu|cuda[:N]",
-                   help="where it trains and evaluates (default: %(default)s, the setting "
-                   "of the documented numbers)")
-    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default=d.amp,
-                   help="autocast dtype (default: %(default)s)")
+    add_device(p, device_default=d.device, amp_default=d.amp)
     p.set_defaults(func=run)
 
 

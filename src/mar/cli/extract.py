@@ -9,6 +9,7 @@ from ..errors import ConfigError
 from .options import (
     INPUTS_FAILED,
     OK,
+    add_mask_ratio,
     add_model,
     add_views_per_call,
     positive_int,
@@ -34,9 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokens", action="store_true",
                    help="also save the visible tokens (views, N_visible, D) and their indices")
     masking = p.add_mutually_exclusive_group()
-    masking.add_argument("--mask-ratio", type=float,
-                         help="cell running at this ratio (default: the checkpoint's "
-                         "test-time masking)")
+    add_mask_ratio(masking)
     masking.add_argument("--all-tokens", action="store_true",
                          help="no masking: every token visible")
     p.add_argument("--clips", type=positive_int,

@@ -30,15 +30,18 @@ def add_set(p: argparse.ArgumentParser) -> None:
                    "KEY=VALUE item is the same)")
 
 
-def add_device(p: argparse.ArgumentParser, amp_default: str | None = "none") -> None:
-    """``--device`` and ``--amp``, honoured through :mod:`mar.inference.device`."""
-    p.add_argument("--device", default="auto", metavar=DEVICES,
-                   help="where the model runs (default: auto, the GPU if there is one); a "
-                   "device this machine lacks is an error")
+def add_device(p: argparse.ArgumentParser, device_default: str | None = "auto",
+               amp_default: str | None = "none") -> None:
+    """``--device`` and ``--amp``, honoured through :mod:`mar.inference.device`; a default
+    of None leaves the config's ``train.device`` / ``train.amp``."""
+    where = {"auto": "auto, the GPU if there is one",
+             None: "the config's train.device"}.get(device_default, device_default)
+    p.add_argument("--device", default=device_default, metavar=DEVICES,
+                   help=f"where the model runs (default: {where}); a device this machine "
+                   "lacks is an error")
     p.add_argument("--amp", choices=AMP_CHOICES, default=amp_default,
-                   help="autocast dtype of the model's compute"
-                   + (f" (default: {amp_default})" if amp_default else
-                      " (default: the config's train.amp)"))
+                   help="autocast dtype of the model's compute (default: "
+                   + (amp_default or "the config's train.amp") + ")")
 
 
 def add_model(p: argparse.ArgumentParser, *, required: bool = True,
@@ -50,10 +53,10 @@ def add_model(p: argparse.ArgumentParser, *, required: bool = True,
                    "directory, or a .safetensors file")
     p.add_argument("--config", help="the run's config (default: the one beside the weights)")
     add_set(p)
-    add_device(p, amp_default)
+    add_device(p, amp_default=amp_default)
 
 
-def add_mask_ratio(p: argparse.ArgumentParser) -> None:
+def add_mask_ratio(p: argparse.ArgumentParser | argparse._ActionsContainer) -> None:
     p.add_argument("--mask-ratio", type=float, metavar="R",
                    help="test with cell running masking at this ratio (default: the "
                    "config's test-time masking)")

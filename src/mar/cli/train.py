@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
-from .options import add_set, config_and_overrides
+from .options import add_device, add_set, config_and_overrides
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,10 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help="start afresh in a non-empty --out (deletes its checkpoints)")
         p.add_argument("--print-config", action="store_true",
                        help="print the resolved config")
-        p.add_argument("--device", metavar="auto|cpu|cuda",
-                       help="sets train.device (default: the config's, auto)")
-        p.add_argument("--amp", choices=("none", "bf16", "fp16"),
-                       help="sets train.amp (default: the config's)")
+        add_device(p, device_default=None, amp_default=None)
         p.set_defaults(func=run)
 
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from ..models import SIZES
-from .formats import Hints
 from .report import ConversionError
+from .spec import Hints
 
 CUSTOM = "custom"
 

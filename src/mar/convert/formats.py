@@ -1,69 +1,30 @@
 """The supported checkpoint layouts and how to tell them apart.
 
 Each format module holds its rename table as data (see :mod:`.rules`) and, where the
-tensors need more than a rename, an ``adapt`` step.
+tensors need more than a rename, an ``adapt`` step; each is a :class:`.spec.Format`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 
 from torch import Tensor
 
+from . import hf, image_mae, official_mar, videomae
 from .report import ConversionError
-from .rules import Mapped, Rule
+from .spec import Format, Hints
+
+__all__ = ["FORMATS", "Format", "Hints", "detect_format", "get_format"]
 
 
-@dataclass
-class Hints:
-    """What is known about the architecture beyond the tensors' shapes."""
-
-    config: dict | None = None        # a transformers config.json, when there is one
-    tubelet_size: int = 2             # for inflating 2-D image weights
-    num_heads: int | None = None
-    decoder_heads: int | None = None
-    num_frames: int | None = None
-    img_size: int | None = None
-    pixel_mean: tuple[float, ...] | None = None
-    pixel_std: tuple[float, ...] | None = None
-    head_problem: str | None = None   # why the file's classifier cannot be used as is
-    notes: list[str] = field(default_factory=list)
-    notes_if_loaded: dict[str, str] = field(default_factory=dict)  # our key -> note
-
-
-FULL_TOKENS = {"name": "none", "ratio": 0.0}
-FULL_TOKENS_REASON = ("the source model was trained and tested on all tokens; run on a "
-                      "subset it would lose accuracy silently")
-
-
-@dataclass(frozen=True)
-class Format:
-    name: str
-    description: str
-    rules: list[Rule]
-    strip: tuple[str, ...] = ()
-    # after renaming: fixes tensors in place, fills hints from the file (mapped, hints, file state)
-    adapt: Callable[[Mapped, Hints, Mapping[str, Tensor]], None] | None = None
-    # the test-time masking the source's models were evaluated with (masking.json), and why
-    masking: dict = field(default_factory=lambda: dict(FULL_TOKENS))
-    masking_reason: str = FULL_TOKENS_REASON
-
-
-def _formats() -> dict[str, Format]:
-    from . import hf, image_mae, official_mar, videomae
-
-    return {f.name: f for f in (videomae.FORMAT, hf.FORMAT, image_mae.FORMAT,
+FORMATS = {f.name: f for f in (videomae.FORMAT, hf.FORMAT, image_mae.FORMAT,
                                 official_mar.FORMAT)}
 
 
 def get_format(name: str) -> Format:
-    formats = _formats()
-    if name not in formats:
-        raise ConversionError(f"unknown format {name!r}; known: auto, {', '.join(formats)}")
-    return formats[name]
-
-
+    if name not in FORMATS:
+        raise ConversionError(f"unknown format {name!r}; known: auto, {', '.join(FORMATS)}")
+    return FORMATS[name]
 
 
 def detect_format(state: Mapping[str, Tensor], config: dict | None = None) -> str:

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 
 from torch import Tensor
 
-from .formats import Format, Hints
 from .report import ConversionError
 from .rules import KEY_BIAS, POS_TABLE, Drop, Mapped, Rule
+from .spec import Format, Hints
 
 _LAYER = [
     ("layernorm_before", "norm1"), ("attention.output.dense", "attn.proj"),

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 
 from torch import Tensor
 
-from .formats import Format, Hints
 from .rules import Drop, Mapped, vit_block_rules
+from .spec import Format, Hints
 
 IMAGE_DECODER = ("image MAE decoder: it predicts 2-D patches from 2-D positions; the video "
                  "decoder starts new")

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 
 from torch import Tensor
 
-from .formats import Format, Hints
 from .rules import POS_TABLE, Drop, Mapped, SplitQKV, vit_block_rules
+from .spec import Format, Hints
 
 UNUSED = "created by the official model but never used in its forward pass"
 STATS = "input normalisation statistics: written to config.json as pixel_mean/pixel_std"

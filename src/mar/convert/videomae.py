@@ -6,8 +6,8 @@ Pretraining files prefix the encoder with ``encoder.`` and hold the decoder
 ``fc_norm`` + ``head`` classifier. Block names are ours already.
 """
 
-from .formats import Format
 from .rules import POS_TABLE, Drop, vit_block_rules
+from .spec import Format
 
 RULES = [
     ("patch_embed.proj.{p}", "encoder.patch_embed.proj.{p}"),
