@@ -36,8 +36,10 @@ def build(batch: int, device: str, compile: bool = False):
     hf = VideoMAEForVideoClassification(
         VideoMAEConfig(num_labels=400, attn_implementation="sdpa")).eval().to(device)
     hf_video = video.transpose(1, 2).contiguous()  # transformers takes (B, T, C, H, W)
-    models = {"mar full tokens (linear head)": (full, lambda m: m(video)),
-              "mar MAR 50% (cell running + bridging)": (mar, lambda m: m(video, mask)),
+    # each arm: what runs (torch.compile takes it as is) and how it is called
+    models = {"mar full tokens (linear head)": (full.classify, lambda m: m(video)),
+              "mar MAR 50% (cell running + bridging)": (mar.classify,
+                                                        lambda m: m(video, mask)),
               "transformers VideoMAEForVideoClassification (sdpa)":
                   (hf, lambda m: m(pixel_values=hf_video).logits)}
     gflops = {

@@ -1,6 +1,6 @@
 """Long videos: peak memory of ``mar predict --window`` for a 1-minute and a 10-minute video.
 
-The timeline decodes as a stream (``mar.timeline``): only the frames of the windows still
+The timeline decodes as a stream (``mar.data.windows``): only the frames of the windows still
 open are held, so the peak resident memory (RSS) of ``mar predict`` should not grow with
 the video's length; only the per-window probabilities do (windows x classes floats, 1.4
 MB for 10 minutes of 2-second windows and 174 classes: nothing next to the model).

@@ -279,8 +279,8 @@ def inference_speed(setup: Setup, models: dict, precision: str, batch: int) -> d
     mask = make_masking("cell_running", 0.5)(batch, models[OURS_MAR].grid,
                                              train=False).to(device)
     hf_video = video.transpose(1, 2).contiguous()  # transformers takes (B, T, C, H, W)
-    calls = {OURS_MAR: lambda: models[OURS_MAR](video, mask),
-             OURS_FULL: lambda: models[OURS_FULL](video)}
+    calls = {OURS_MAR: lambda: models[OURS_MAR].classify(video, mask),
+             OURS_FULL: lambda: models[OURS_FULL].classify(video)}
     if HF in models:
         calls[HF] = lambda: models[HF](pixel_values=hf_video).logits
     outputs = {}

@@ -49,7 +49,7 @@ def run(*args):
                           text=True)
 
 
-def test_load_run_rebuilds_the_saved_model(model_dir):
+def test_load_model_rebuilds_the_saved_model(model_dir):
     model, cfg = load_model(model_dir)
     assert cfg.model.num_classes == 6 and model.decoder is not None
     ref = create_model(**KWARGS)

@@ -161,7 +161,7 @@ def _fit(x, y, xv, yv, steps=400):
         opt.step()
     model.eval()
     with torch.no_grad():
-        return (model(xv).argmax(1) == yv).float().mean().item()
+        return (model.classify(xv).argmax(1) == yv).float().mean().item()
 
 
 def test_one_frame_does_not_tell_the_class_but_the_clip_does():
