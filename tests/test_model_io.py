@@ -81,6 +81,38 @@ def test_mar_eval_uses_eval_masking(tiny_lists, tmp_path, capsys):
     assert results["own"][1]["video_top1"] == pytest.approx(summary["test_video_top1"])
 
 
+def test_every_checkpoint_carries_its_settings_and_loads_without_unpickling(
+        tiny_lists, tmp_path, monkeypatch):
+    """Each checkpoint folder holds config.yaml and masking.json beside the weights, and
+    `load_model` reads them: state.pt (optimizer moments, RNG states) is never opened."""
+    import yaml
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
+    run = tmp_path / "run"
+    assert main(["train", str(config), *as_args(shrink(config, tiny_lists, steps=2)),
+                 "--out", str(run)]) == 0
+    checkpoints = [*run.glob("checkpoint-*"), run / "best"]
+    assert len(checkpoints) >= 2
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    for folder in checkpoints:
+        assert yaml.safe_load((folder / "config.yaml").read_text()) == saved
+        assert json.loads((folder / "masking.json").read_text()) == saved["masking"]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("load_model unpickled state.pt")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    for folder in checkpoints:
+        model, cfg = load_model(folder)
+        assert cfg.masking.name == saved["masking"]["name"] and model.decoder is not None
+    monkeypatch.undo()
+    # a checkpoint written before these files existed: its config comes from state.pt
+    old = checkpoints[0]
+    (old / "config.yaml").unlink()
+    (run / "config.yaml").unlink()
+    assert load_model(old)[1].masking.name == saved["masking"]["name"]
+
+
 def test_a_decoder_of_another_size_is_refused_with_its_size(tmp_path):
     """Fine-tuning from a pretraining run whose decoder differs from the config's: the
     one-line error says what the checkpoint's decoder is, so the user can match it."""

@@ -163,3 +163,15 @@ def test_train_on_a_device_this_machine_lacks_writes_nothing(tiny_lists, tmp_pat
     assert main(["train", str(config), *as_args(shrink(config, tiny_lists)), "--out", str(out),
                  "--device", "cuda:1"]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err and not out.exists()
+
+
+def test_the_server_puts_the_model_and_every_batch_on_the_device(model_dir, fake_gpu):
+    from mar.serve.predictor import ServedModel
+
+    served = ServedModel(model_dir, device="cuda", overrides=["data.test_clips=1",
+                                                              "data.test_crops=1"])
+    assert ("MAR", "cuda") in fake_gpu
+    fake_gpu.clear()
+    probs = served.scores(served.decode(REAL / "tree.avi", max_frames=10_000).views)
+    assert probs.shape == (1, 6) and probs.device.type == "cpu"
+    assert fake_gpu.count(("tensor", "cuda")) >= 2          # the views and the mask

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .options import add_model, add_reduce, load_for_command, reduced
+from .options import add_mask_ratio, add_model, add_reduce, load_for_command, reduced
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("items", nargs="*", metavar="[CONFIG] [KEY=VALUE]",
                    help="a config and overrides (the same as --config and --set)")
     add_model(p, amp_default=None)
+    add_mask_ratio(p)
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--out", help="write eval.json, confusion.csv/png, per_class.json here")
     add_reduce(p)
