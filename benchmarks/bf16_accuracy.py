@@ -18,7 +18,8 @@ import torch
 
 from mar.data import view_loader
 from mar.engine.evaluate import predict_views
-from mar.inference import cpu_bf16_instructions, load_model
+from mar.inference import load_model
+from mar.runtime.device import cpu_bf16_instructions
 
 
 def compare(path: str) -> dict:

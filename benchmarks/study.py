@@ -42,11 +42,11 @@ from mar.config import Config, build_config, config_tree
 from mar.data import read_class_names
 from mar.data.synth import SynthConfig, synthesize
 from mar.demo import DemoConfig, pretrain_config, pretrain_summary, run_config
-from mar.engine.distributed import init_distributed
 from mar.engine.evaluate import run_eval
 from mar.engine.trainer import train
 from mar.flops import model_cost
 from mar.masking import make_masking
+from mar.runtime.distributed import init_distributed
 
 STRATEGIES = ("random", "tube", "frame", "block", "block_running", "random_running",
               "uniform_running", "cell_running")

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from mar.engine import budget
-from mar.engine.distributed import ShardSampler
+from mar.runtime.distributed import ShardSampler
 
 
 def test_importing_it_imports_no_torch():

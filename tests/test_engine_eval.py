@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from mar.engine.distributed import ShardSampler
 from mar.engine.evaluate import EvalResult, merge_views, save_confusion, topk_correct
+from mar.runtime.distributed import ShardSampler
 
 
 def test_merge_views_is_exact_on_a_constructed_case():
@@ -66,8 +66,8 @@ def test_evaluation_uses_no_more_loader_workers_than_cores(tiny_lists, monkeypat
 
     import mar.data
     from mar.config import load_config
-    from mar.engine.distributed import init_distributed
     from mar.engine.evaluate import run_eval
+    from mar.runtime.distributed import init_distributed
 
     seen = []
 

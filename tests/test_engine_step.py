@@ -13,9 +13,9 @@ import torch
 from conftest import CONFIGS, SHRINK, as_args
 
 from mar.config import load_config
-from mar.engine.distributed import DistInfo
 from mar.engine.optim import build_optimizer
 from mar.engine.trainer import TrainStep, build_model
+from mar.runtime.distributed import DistInfo
 
 CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 

@@ -84,10 +84,10 @@ def test_predict_on_real_videos_and_a_folder(model_dir, tmp_path):
                                                 (None, False)])
 def test_predict_in_bf16_agrees_with_fp32_and_says_when_bf16_is_emulated(
         model_dir, capsys, monkeypatch, instructions, note):
-    import mar.inference.device
+    import mar.runtime.device
     from mar.cli import main
 
-    monkeypatch.setattr(mar.inference.device, "cpu_bf16_instructions", lambda: instructions)
+    monkeypatch.setattr(mar.runtime.device, "cpu_bf16_instructions", lambda: instructions)
     args = ["predict", str(REAL / "tree.avi"), str(REAL / "bigbuckbunny.mp4"), "--checkpoint",
             str(model_dir), "--json", "--topk", "6", "--set", "data.test_clips=1", "--set",
             "data.test_crops=2"]
@@ -105,7 +105,8 @@ def test_predict_in_bf16_agrees_with_fp32_and_says_when_bf16_is_emulated(
 
 
 def test_predict_runs_a_videos_views_in_calls_of_batch_size_views(model_dir, monkeypatch):
-    from mar.inference import default_views_per_call, predict
+    from mar.inference import predict
+    from mar.runtime.device import default_views_per_call
 
     model, cfg = load_model(model_dir, None, ["data.test_clips=2", "data.test_crops=3"])
     calls = []

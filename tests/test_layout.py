@@ -1,10 +1,15 @@
-"""The package's layout: no module imports one that imports it back, at the top of a
-file or inside a function (docs/architecture.md)."""
+"""The package's layout (docs/architecture.md): its parts in layers, each importing only
+from the layers before it, and no module that imports one importing it back, at the top of
+a file or inside a function."""
 
 import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+# docs/architecture.md's list, first to last: a part may import only from earlier layers
+LAYERS = [{"mar", "errors", "atomic", "constants"}, {"masking"}, {"models"},
+          {"losses", "flops"}, {"data"}, {"config"}, {"runtime"}, {"inference"}, {"engine"},
+          {"convert"}, {"serve"}, {"recipe", "demo"}, {"cli"}, {"__main__"}]
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -54,6 +59,19 @@ def test_the_package_has_no_import_cycles():
     graph = import_graph()
     assert {"mar.cli.predict", "mar.inference.score", "mar.data.windows"} <= set(graph)
     assert cycle(graph) is None, " -> ".join(cycle(graph))
+
+
+def test_every_part_imports_only_from_the_layers_before_it():
+    layer = {part: i for i, parts in enumerate(LAYERS) for part in parts}
+    wrong = []
+    for module, deps in import_graph().items():
+        part = module.split(".")[1] if "." in module else "mar"
+        assert part in layer, f"{module}: add its part to LAYERS and docs/architecture.md"
+        for dep in deps:
+            other = dep.split(".")[1] if "." in dep else "mar"
+            if other != part and layer[other] >= layer[part]:
+                wrong.append(f"{module} imports {dep}")
+    assert wrong == []
 
 
 def test_the_cycle_finder_finds_a_cycle():

@@ -79,7 +79,7 @@ def fake_gpu(monkeypatch):
             placed[id(self)] = found
         return module_to(self, *args, **kwargs)
 
-    import mar.inference.device as device
+    import mar.runtime.device as device
 
     real_model_device = device.model_device
 
@@ -109,7 +109,7 @@ def _predict(model_dir, *extra):
                                             ([], "cuda")])        # auto: the GPU
 def test_predict_puts_the_model_and_every_batch_on_the_device(model_dir, fake_gpu, capsys,
                                                               flag, expected):
-    import mar.inference.device  # noqa: F401  (patched by the fixture)
+    import mar.runtime.device  # noqa: F401  (patched by the fixture)
 
     assert _predict(model_dir, *flag) == 0
     assert ("MAR", expected) in fake_gpu                     # the model went there

@@ -31,13 +31,13 @@ from mar.config import load_config
 from mar.convert.hf import FORMAT
 from mar.convert.rules import apply_rules
 from mar.engine import optim as optim_module
-from mar.engine.distributed import DistInfo
 from mar.engine.optim import build_optimizer, scaled_lr
 from mar.engine.trainer import TrainStep, build_model
 from mar.losses import mar_loss
 from mar.masking import Mask
 from mar.models import mar as mar_module
 from mar.models.decoder import ReconstructionDecoder
+from mar.runtime.distributed import DistInfo
 
 PRETRAIN = CONFIGS / "pretrain_vit_base.yaml"
 CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))

@@ -17,8 +17,8 @@ import mar.engine.trainer as trainer
 from mar.cli.recipe import add_parser
 from mar.config import load_config
 from mar.engine.budget import scaled_lr
-from mar.engine.distributed import ShardSampler
 from mar.recipe import TABLE_I, Departure, detect_dataset, fmt, recipe
+from mar.runtime.distributed import ShardSampler
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -165,12 +165,12 @@ def run_demo(demo: DemoConfig = DemoConfig()) -> dict:
     from tqdm import tqdm
 
     from .data.synth import SynthConfig, class_names, synthesize
-    from .engine.distributed import init_distributed
     from .engine.evaluate import run_eval
     from .engine.trainer import train
     from .flops import formula_flops
     from .inference.load import load_model
     from .masking import make_masking
+    from .runtime.distributed import init_distributed
 
     console = Console()
     start = time.perf_counter()

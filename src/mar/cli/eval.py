@@ -28,9 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..engine.distributed import init_distributed, shutdown
     from ..engine.evaluate import print_summary, run_eval
     from ..inference.load import describe_masking
+    from ..runtime.distributed import init_distributed, shutdown
 
     info = init_distributed(args.device)
     try:
@@ -49,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
         result = run_eval(cfg, model, args.split, info, out_dir=out, masking=masking)
         summary = result.summary()
         if args.reduce:
-            from ..engine.distributed import all_gather_objects
             from ..flops import reduction_flops
+            from ..runtime.distributed import all_gather_objects
 
             counts = sum(all_gather_objects(model.counts, info), [])
             model.counts = counts

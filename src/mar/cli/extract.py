@@ -55,8 +55,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..engine.distributed import init_distributed, shutdown
-    from ..inference.device import default_views_per_call
     from ..inference.extract import (
         FEATURES,
         MANIFEST,
@@ -66,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         settings_of,
     )
     from ..inference.load import describe_masking, load_model
+    from ..runtime.device import default_views_per_call
+    from ..runtime.distributed import init_distributed, shutdown
 
     inputs, overrides = split_items(args.items)
     if not inputs:

@@ -32,7 +32,7 @@ def add_set(p: argparse.ArgumentParser) -> None:
 
 def add_device(p: argparse.ArgumentParser, device_default: str | None = "auto",
                amp_default: str | None = "none") -> None:
-    """``--device`` and ``--amp``, honoured through :mod:`mar.inference.device`; a default
+    """``--device`` and ``--amp``, honoured through :mod:`mar.runtime.device`; a default
     of None leaves the config's ``train.device`` / ``train.amp``."""
     where = {"auto": "auto, the GPU if there is one",
              None: "the config's train.device"}.get(device_default, device_default)

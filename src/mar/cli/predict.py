@@ -56,9 +56,9 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     begin = time.perf_counter()
-    from ..inference.device import bf16_note, model_device
     from ..inference.load import describe_masking
     from ..inference.predict import Profile, find_videos, predict
+    from ..runtime.device import bf16_note, model_device
 
     if args.render and not args.out:
         raise ConfigError("--render needs --out")

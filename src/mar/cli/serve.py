@@ -86,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise RuntimeError(f"mar serve needs the 'serve' extra ({e.name} is not installed): "
                            "pip install -e \".[serve]\"") from None
-    from ..inference.device import resolve_device
     from ..models.io import weights_file
+    from ..runtime.device import resolve_device
 
     weights_file(args.checkpoint)  # a wrong path fails now, not in the loading thread
     resolve_device(args.device)    # and so does a device this machine lacks

@@ -53,9 +53,9 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         from ..data import VideoRecord
-        from ..inference.device import amp_dtype, model_device
         from ..inference.load import describe_masking
         from ..inference.visualize import reconstruct, reconstruction_figure
+        from ..runtime.device import amp_dtype, model_device
 
         item = cfg.views_dataset([VideoRecord(args.video, 0)], 1, 1)[0]
         if not item["valid"]:

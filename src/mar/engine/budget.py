@@ -40,7 +40,7 @@ def actual_lr(base_lr: float, effective_batch: int, lr_scaling: bool) -> float:
 
 def videos_per_process(train_size: int, processes: int, batch_size: int) -> int:
     """Training videos one process sees per epoch: the training sampler
-    (:class:`mar.engine.distributed.ShardSampler`, ``shuffle=True``) trims the epoch to a
+    (:class:`mar.runtime.distributed.ShardSampler`, ``shuffle=True``) trims the epoch to a
     multiple of ``processes x batch_size`` and deals it out evenly."""
     return train_size // (processes * batch_size) * batch_size
 

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .. import atomic
 from ..masking import MaskingStrategy
-from .distributed import DistInfo, all_gather_objects
+from ..runtime.distributed import DistInfo, all_gather_objects
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -161,7 +161,7 @@ def run_eval(cfg: Config, model, split: str, info: DistInfo, out_dir: Path | Non
     from tqdm import tqdm
 
     from ..data import view_loader
-    from .distributed import ShardSampler
+    from ..runtime.distributed import ShardSampler
 
     masking = masking or cfg.test_masking()
     data = cfg.dataset(split)

@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data import collate
-from .distributed import DistInfo, ShardSampler
+from ..runtime.distributed import DistInfo, ShardSampler
 
 
 def build_loader(dataset, batch_size: int, info: DistInfo, *, workers: int, shuffle: bool,

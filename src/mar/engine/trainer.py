@@ -28,10 +28,17 @@ from tqdm import tqdm
 
 from ..config import Config, save_config
 from ..data.mixup import VideoMixup
-from ..inference.device import amp_dtype
 from ..losses import LossTerms, mar_loss
 from ..masking import MaskingStrategy
 from ..models.io import load_weights
+from ..runtime.device import amp_dtype
+from ..runtime.distributed import (
+    DistInfo,
+    all_gather_objects,
+    barrier,
+    init_distributed,
+    mean_across_ranks,
+)
 from .budget import REFERENCE_BATCH, plan
 from .checkpoint import (
     best_metric,
@@ -41,13 +48,6 @@ from .checkpoint import (
     restore_rng,
     rng_state,
     save_checkpoint,
-)
-from .distributed import (
-    DistInfo,
-    all_gather_objects,
-    barrier,
-    init_distributed,
-    mean_across_ranks,
 )
 from .evaluate import print_summary, run_eval
 from .loader import build_loader

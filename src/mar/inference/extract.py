@@ -276,7 +276,7 @@ def extract(model, cfg: Config, sources: list[Source], out: str | Path, settings
             masking: MaskingStrategy, info, *, workers: int = 0) -> list[dict] | None:
     """Extract ``sources`` into ``out`` on this process's share; rank 0 returns every
     video's record, in the order of ``sources`` (other ranks: None)."""
-    from ..engine.distributed import barrier
+    from ..runtime.distributed import barrier
 
     out = Path(out)
     if info.is_main:

@@ -24,13 +24,13 @@ from ..config import Config, ConfigError, build_config, load_config
 from ..masking import MaskingStrategy, make_masking
 from ..models import MAR
 from ..models.io import empty_model, has_decoder, load_weights, read_model_dir, weights_file
-from .device import resolve_device
+from ..runtime.device import resolve_device
 
 
 def load_model(path: str | Path, config: str | Path | None = None,
                overrides: list[str] = (), device: str | torch.device | None = "cpu"
                ) -> tuple[MAR, Config]:
-    """A model (eval mode, on ``device``: see :func:`~mar.inference.device.resolve_device`)
+    """A model (eval mode, on ``device``: see :func:`~mar.runtime.device.resolve_device`)
     and its config.
 
     The config is ``config`` if given; else the one beside the weights (see the module

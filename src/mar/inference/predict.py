@@ -13,7 +13,7 @@ from ..config import Config
 from ..data.prepare import VIDEO_EXTENSIONS
 from ..masking import MaskingStrategy
 from ..models import MAR
-from .device import default_views_per_call, model_device
+from ..runtime.device import default_views_per_call, model_device
 from .score import score
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ..masking import MaskingStrategy
-from .device import amp_dtype, default_views_per_call, model_device
+from ..runtime.device import amp_dtype, default_views_per_call, model_device
 
 
 @torch.no_grad()
@@ -22,7 +22,7 @@ def score(model, views: Tensor, masking: MaskingStrategy, *, amp: str | None = N
 
     The views run on the model's device (move the model there first, e.g. with
     :func:`mar.inference.load_model`'s ``device``), ``views_per_call`` at a time (default:
-    :func:`~mar.inference.device.default_views_per_call`), under autocast ``amp``
+    :func:`~mar.runtime.device.default_views_per_call`), under autocast ``amp``
     (``none``, ``bf16``, ``fp16``), with the deterministic evaluation mask of
     ``masking``, the same for every view. ``features=True`` returns the visible tokens
     after the encoder's final norm instead, (V, N_visible, D) in the compute dtype.

@@ -28,7 +28,7 @@ from torch import Tensor
 from ..atomic import write_file, write_text
 from ..data.decode import scaled_size
 from ..data.windows import stream_windows
-from .device import default_views_per_call, model_device
+from ..runtime.device import default_views_per_call, model_device
 from .score import score
 
 

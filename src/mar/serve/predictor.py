@@ -33,12 +33,12 @@ from torch import Tensor
 from ..data import DecodeError, VideoRecord, make_backend, read_class_names
 from ..data.windows import window_starts
 from ..flops import model_cost
-from ..inference.device import model_device
 from ..inference.load import describe_masking, eval_masking, load_model
 from ..inference.score import score
 from ..inference.timeline import Timeline, predict_timeline
 from ..inference.visualize import reconstruct
 from ..masking import Mask
+from ..runtime.device import model_device
 
 
 class VideoTooLong(ValueError):

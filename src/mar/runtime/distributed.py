@@ -29,9 +29,9 @@ class DistInfo:
 def init_distributed(device: str = "auto") -> DistInfo:
     """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and set up the group.
 
-    ``device`` is ``--device`` (:func:`mar.inference.device.resolve_device`); ``cuda``
+    ``device`` is ``--device`` (:func:`mar.runtime.device.resolve_device`); ``cuda``
     without an index is this process's local rank's GPU."""
-    from ..inference.device import resolve_device
+    from .device import resolve_device
 
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
