@@ -175,3 +175,26 @@ def test_the_server_puts_the_model_and_every_batch_on_the_device(model_dir, fake
     probs = served.scores(served.decode(REAL / "tree.avi", max_frames=10_000).views)
     assert probs.shape == (1, 6) and probs.device.type == "cpu"
     assert fake_gpu.count(("tensor", "cuda")) >= 2          # the views and the mask
+
+
+def test_the_readme_python_api_runs_as_written_and_agrees_with_predict(model_dir, capsys,
+                                                                       monkeypatch):
+    """README.md's Python block, with its run folder and clip replaced by a model and a
+    real video (and ViT-B by vit_nano): its probabilities are `mar predict`'s."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "runs/ssv2_b_mar50/best" in code and "clip.mp4" in code and "vit_base" in code
+    code = (code.replace("runs/ssv2_b_mar50/best", str(model_dir))
+            .replace("clip.mp4", str(REAL / "tree.avi"))
+            .replace('"vit_base"', '"vit_nano"'))
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["logits"].shape == (2, 174)
+    probs = scope["probs"]
+    assert main(["predict", str(REAL / "tree.avi"), "--checkpoint", str(model_dir), "--json",
+                 "--topk", "6", "--device", "cpu", *VIEWS]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    for top in result["top"]:
+        assert abs(probs[top["class"]].item() - top["prob"]) < 1e-5
