@@ -16,8 +16,8 @@ under ``torch.autocast("cpu", torch.bfloat16)``, which is what its user would wr
 reports how far bf16 moves the probabilities from fp32: the precision is a user's choice,
 so the speed-ups are given at equal precision as well as against the model card's fp32.
 
-Videos: the shared test videos, plus longer ones made by concatenating them (written
-once into ``--work``). Start-up (``mar predict`` as a command, imports and model load
+Videos: the test videos of ``tests/data/videos``, plus longer ones made by concatenating
+them (written once into ``--work``). Start-up (``mar predict`` as a command, imports and model load
 included) is measured on its own.
 
     python benchmarks/bench_predict.py --repeats 3 [--bf16]
@@ -39,17 +39,17 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "testdata" / "videos"
+VIDEOS = ROOT / "tests" / "data" / "videos"       # the test videos (their README)
 
 
 def long_videos(work: Path, count: int, seconds: float) -> list[Path]:
     """``count`` videos of about ``seconds`` each at 25 fps, 640x360, made by chaining
-    the shared clips (resized) end to end; written once."""
+    the test clips (resized) end to end; written once."""
     import av
 
     from mar.data.video_writer import write_video
 
-    sources = sorted(p for p in SHARED.glob("*") if p.suffix in (".mp4", ".avi")
+    sources = sorted(p for p in VIDEOS.glob("*") if p.suffix in (".mp4", ".avi")
                      and "bugy" not in p.name)
     out = []
     for k in range(count):
@@ -149,7 +149,7 @@ def main() -> None:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    videos = sorted(p for p in SHARED.glob("*") if p.suffix in (".mp4", ".avi"))
+    videos = sorted(p for p in VIDEOS.glob("*") if p.suffix in (".mp4", ".avi"))
     videos += long_videos(work, args.long, args.seconds)
     hf, hf_dir, dirs = setup(work, args.tiny)
     from mar.constants import IMAGENET_MEAN, IMAGENET_STD
@@ -217,7 +217,7 @@ def main() -> None:
 
     med = {a: statistics.median(t) for a, t in times.items()}
     frames = sum(1 for _ in videos)
-    print(f"\n{frames} videos ({len(videos) - args.long} shared test videos + {args.long} of "
+    print(f"\n{frames} videos ({len(videos) - args.long} test videos + {args.long} of "
           f"{args.seconds:g} s at 640x360), 1 view each, {'tiny' if args.tiny else 'ViT-B/16'}"
           f", CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} "
           f"threads), torch {torch.__version__}, median of {args.repeats}\n")

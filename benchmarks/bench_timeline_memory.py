@@ -5,8 +5,8 @@ open are held, so the peak resident memory (RSS) of ``mar predict`` should not g
 the video's length; only the per-window probabilities do (windows x classes floats, 1.4
 MB for 10 minutes of 2-second windows and 174 classes: nothing next to the model).
 
-Videos: the shared test videos (``bigbuckbunny.mp4``, ``Megamind.avi``, ``tree.avi``;
-not the damaged ``Megamind_bugy.avi``) chained end to end in a loop until the wanted
+Videos: the test videos of ``tests/data/videos`` (``bigbuckbunny.mp4``, ``Megamind.avi``,
+``tree.avi``; not the damaged ``Megamind_bugy.avi``) chained end to end in a loop until the wanted
 length, every decoded frame rescaled to 640x360 (a stated smaller size than the 720p
 source: the sources differ in size and a video needs one) and re-encoded as H.264 at
 25 fps, one decoded frame per output frame (so the 24 fps and 15 fps sources play a
@@ -53,7 +53,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "testdata" / "videos"
+VIDEOS = ROOT / "tests" / "data" / "videos"       # the test videos (their README)
 SOURCES = ("bigbuckbunny.mp4", "Megamind.avi", "tree.avi")
 FPS = 25
 SIZE = (640, 360)
@@ -84,14 +84,14 @@ def video_duration(path: str | Path) -> float:
 
 
 def _looped_frames(total: int, size: tuple[int, int]):
-    """``total`` RGB frames of ``size`` from the shared videos, chained in a loop; decoded
+    """``total`` RGB frames of ``size`` from the test videos, chained in a loop; decoded
     as a stream, one frame at a time."""
     import av
 
     count = 0
     while True:
         for name in SOURCES:
-            with av.open(str(SHARED / name)) as container:
+            with av.open(str(VIDEOS / name)) as container:
                 for frame in container.decode(video=0):
                     if count == total:
                         return
@@ -101,7 +101,7 @@ def _looped_frames(total: int, size: tuple[int, int]):
 
 def make_long_video(folder: str | Path, seconds: float, size: tuple[int, int] = SIZE,
                     fps: int = FPS) -> Path:
-    """``folder/long_<seconds>s_<W>x<H>.mp4``: the shared videos looped to ``seconds``
+    """``folder/long_<seconds>s_<W>x<H>.mp4``: the test videos looped to ``seconds``
     (``round(seconds * fps)`` frames), written once and reused (see the module docstring).
     """
     from mar.atomic import write_file
@@ -113,9 +113,9 @@ def make_long_video(folder: str | Path, seconds: float, size: tuple[int, int] = 
     total = round(seconds * fps)
     if path.is_file() and abs(video_duration(path) - total / fps) < 0.5 / fps:
         return path
-    missing = [n for n in SOURCES if not (SHARED / n).is_file()]
+    missing = [n for n in SOURCES if not (VIDEOS / n).is_file()]
     if missing:
-        raise FileNotFoundError(f"{SHARED}: missing test videos {', '.join(missing)}")
+        raise FileNotFoundError(f"{VIDEOS}: missing test videos {', '.join(missing)}")
     return write_file(path, lambda tmp: encode_stream(tmp, "mp4", _looped_frames(total, size),
                                                       fps))
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fakegpu import fake_gpu  # noqa: F401  (a fixture for every test file)
 from videos import moving_square_dataset
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ def test_bench_predict_agrees_with_transformers_on_the_same_views(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     videos = len(result["videos"])
-    assert videos == 5                             # the 4 shared videos and 1 long one
+    assert videos == 5                             # the 4 test videos and 1 long one
     assert result["agree"] == videos               # full-token top-1 = transformers' top-1
     for tokens in ("MAR 50 %", "full tokens"):
         for views in ("1 view", "4 views"):

@@ -75,3 +75,27 @@ def test_paper_gflops_within_half_a_percent(row):
     assert abs(cost.gflops / row.gflops - 1) < 0.005
     if row.params_m is not None:  # the paper rounds to 1M
         assert abs(cost.params / 1e6 - row.params_m) < 1.5
+
+
+def test_cli_flops_says_what_a_reduction_keeps_and_no_mask(capsys):
+    """`mar flops --reduce random` replaces the test mask: its output names the reduction
+    and its ratio, and no cell running mask at 0.5 beside a count that a mask would not
+    give (1176 of 1568 tokens are 25 % dropped, not 50 % masked)."""
+    import json
+
+    from mar.cli import main
+
+    assert main(["flops", "--reduce", "random", "--reduce-ratio", "0.25", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["reduction"], out["reduction_ratio"]) == ("random", 0.25)
+    assert (out["masking"], out["ratio"]) == ("none", 0.0)
+    assert (out["visible_tokens"], out["tokens"]) == (1176, 1568)
+    assert main(["flops", "--reduce", "random", "--reduce-ratio", "0.25"]) == 0
+    text = capsys.readouterr().out
+    lines = dict(line.strip().split(": ", 1) for line in text.splitlines())
+    assert lines["reduction"] == "random" and lines["reduction_ratio"] == "0.25"
+    assert lines["masking"] == "none" and lines["visible_tokens"] == "1176"
+    assert main(["flops"]) == 0                         # no reduction: the test mask
+    lines = dict(line.strip().split(": ", 1) for line in capsys.readouterr().out.splitlines())
+    assert lines["reduction"] == "none" and lines["masking"] == "cell_running"
+    assert lines["ratio"] == "0.5" and lines["visible_tokens"] == "784"

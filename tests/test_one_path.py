@@ -5,7 +5,6 @@ a recording fake GPU); a device this machine lacks is a one-line error."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
@@ -45,57 +44,6 @@ def test_eval_and_predict_give_the_same_probabilities_on_real_videos(model_dir, 
         probs = torch.tensor([t["prob"] for t in result["top"]])
         classes = [t["class"] for t in result["top"]]
         assert torch.allclose(row[classes], probs, atol=1e-5), (result["video"], row, probs)
-
-
-@pytest.fixture
-def fake_gpu(monkeypatch):
-    """A machine that says it has one CUDA GPU: ``.to("cuda")`` of modules and tensors is
-    recorded (``moves``) and done on the CPU; a module's device is the one it was last
-    moved to. What a command does not move to the GPU is not recorded."""
-    moves: list[tuple[str, str]] = []
-    placed: dict[int, torch.device] = {}
-    tensor_to, module_to = torch.Tensor.to, torch.nn.Module.to
-
-    def redirect(args, kwargs):
-        found, args = None, list(args)
-        for i, a in enumerate(args):
-            if isinstance(a, str | torch.device) and torch.device(a).type == "cuda":
-                found, args[i] = torch.device(a), "cpu"
-        d = kwargs.get("device")
-        if isinstance(d, str | torch.device) and torch.device(d).type == "cuda":
-            found, kwargs["device"] = torch.device(d), "cpu"
-        return found, args, kwargs
-
-    def fake_tensor_to(self, *args, **kwargs):
-        found, args, kwargs = redirect(args, kwargs)
-        if found is not None:
-            moves.append(("tensor", str(found)))
-        return tensor_to(self, *args, **kwargs)
-
-    def fake_module_to(self, *args, **kwargs):
-        found, args, kwargs = redirect(args, kwargs)
-        if found is not None:
-            moves.append((type(self).__name__, str(found)))
-            placed[id(self)] = found
-        return module_to(self, *args, **kwargs)
-
-    import mar.runtime.device as device
-
-    real_model_device = device.model_device
-
-    def fake_model_device(model):
-        return placed.get(id(model), real_model_device(model))
-
-    monkeypatch.setattr(torch.Tensor, "to", fake_tensor_to)
-    monkeypatch.setattr(torch.nn.Module, "to", fake_module_to)
-    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a, **k: self)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "set_device", lambda d: None)
-    for module in list(sys.modules.values()):    # every `from .device import model_device`
-        if getattr(module, "model_device", None) is real_model_device:
-            monkeypatch.setattr(module, "model_device", fake_model_device)
-    return moves
 
 
 def _predict(model_dir, *extra):

@@ -8,8 +8,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "videos"
-# decodable frame counts measured by decoding every frame (testdata README)
+REAL = Path(__file__).resolve().parent / "data" / "videos"     # tests/data/videos/README.md
+# decodable frame counts measured by decoding every frame (tests/data/videos/README.md)
 REAL_FRAMES = {"bigbuckbunny.mp4": 132, "Megamind.avi": 270, "Megamind_bugy.avi": 270,
                "tree.avi": 68}
 REAL_HEADER = {"bigbuckbunny.mp4": 132, "Megamind.avi": 270, "Megamind_bugy.avi": 270,

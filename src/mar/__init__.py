@@ -5,8 +5,6 @@ that ``mar --help`` answers without importing torch."""
 
 from importlib import import_module
 
-__version__ = "0.1.0"
-
 _WHERE = {"MAR": ".models", "MAROutput": ".models", "create_model": ".models",
           "Mask": ".masking", "make_masking": ".masking", "load_model": ".inference.load"}
 
@@ -15,6 +13,8 @@ __all__ = ["MAR", "MAROutput", "Mask", "create_model", "load_model", "make_maski
 
 
 def __getattr__(name: str):
+    if name == "__version__":  # the installed mar-video's
+        return import_module(".distribution", __name__).version()
     if name not in _WHERE:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(import_module(_WHERE[name], __name__), name)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from . import atomic
 from .constants import IMAGENET_MEAN, IMAGENET_STD
+from .distribution import resolve_config
 from .errors import ConfigError
 from .masking import STRATEGIES, MaskingStrategy, make_masking
 from .models import SIZES, create_model
@@ -195,12 +196,30 @@ class Config(_Section):
         for masking in (self.masking, self.eval_masking):
             if masking is not None:
                 masking.build()
+        self._every_parameter_trains()
         try:
             with torch.device("meta"):
                 self.model.build()
         except (TypeError, ValueError) as e:
             raise ValueError(str(e).removeprefix("model: ")) from None
         return self
+
+    def _every_parameter_trains(self) -> None:
+        """Refuse what would leave a parameter without a gradient: DDP (which does not
+        look for unused parameters, a cost every step) stops at the second step."""
+        m = self.model
+        grid = (m.num_frames // m.tubelet_size, m.img_size // m.patch_size,
+                 m.img_size // m.patch_size)
+        if self.masking.build()(1, grid, train=True).num_masked:
+            return
+        hides = (f"the training mask ({self.masking.name}, ratio {self.masking.ratio}) "
+                 "hides no token")
+        if self.train.task == "pretrain":
+            raise ValueError(f"train.task=pretrain: {hides}: nothing to reconstruct; set "
+                             "masking.ratio > 0")
+        if m.head == "bridging" and m.head_mask_tokens:
+            raise ValueError(f"model.head_mask_tokens: {hides}, so the mask token never "
+                             "trains; set model.head_mask_tokens=false or masking.ratio > 0")
 
     def test_masking(self) -> MaskingStrategy:
         """The evaluation mask: ``eval_masking`` if set, else the training strategy."""
@@ -305,14 +324,13 @@ def build_config(tree: dict, overrides: list[str] | dict[str, Any] = (),
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Defaults, then the YAML file at ``path``, then ``key.path=value`` overrides."""
+    """Defaults, then the YAML file at ``path`` (a path, or the name of a shipped config:
+    :func:`mar.distribution.resolve_config`), then ``key.path=value`` overrides."""
     tree: dict = {}
     where = "config"
     if path is not None:
-        path = Path(path)
+        path = resolve_config(path)
         where = str(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such config file")
         try:
             tree = yaml.safe_load(path.read_text()) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as e:

@@ -80,8 +80,13 @@ class Mask:
                           device=self.ids_keep.device)
         return out.scatter_(1, self.ids_mask, True)
 
-    def to(self, device: torch.device | str) -> Mask:
-        return Mask(self.ids_keep.to(device), self.ids_mask.to(device), self.grid)
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Mask:
+        return Mask(self.ids_keep.to(device, non_blocking=non_blocking),
+                    self.ids_mask.to(device, non_blocking=non_blocking), self.grid)
+
+    def pin_memory(self) -> Mask:
+        """In page-locked memory, for a ``non_blocking`` copy to a GPU."""
+        return Mask(self.ids_keep.pin_memory(), self.ids_mask.pin_memory(), self.grid)
 
     @classmethod
     def from_bool(cls, masked: Tensor, grid: Grid) -> Mask:

@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from . import (
+    configs,
     convert,
     data,
     demo,
@@ -28,7 +29,21 @@ from . import (
 from .options import EXIT_CODES, USAGE
 
 COMMANDS = (train, eval, predict, extract, serve, export, visualize, convert, flops, recipe,
-            data, demo)
+            configs, data, demo)
+
+
+class _Version(argparse.Action):
+    """``--version``: the version, where ``mar`` is imported from, and a warning if another
+    distribution installs a ``mar`` command too (worked out only when asked)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from ..distribution import version_text
+
+        print(version_text())
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mar", description="MAR: masked autoencoders for efficient action recognition. "
         "`mar COMMAND --help` for a command's options; docs/cli.md lists them all.",
         epilog=EXIT_CODES)
+    parser.add_argument("--version", action=_Version,
+                        help="print the version and where mar is installed, then exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS:
         module.add_parser(sub)

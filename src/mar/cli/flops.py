@@ -80,15 +80,21 @@ def run(args: argparse.Namespace) -> int:
                               args.tome_r, **model)
     else:
         cost = model_cost(model.pop("name"), masking, **model)
-    result = {"model": cfg.model.name, "head": cfg.model.head, "reduction": args.reduce,
-              "masking": masking.name,
-              "ratio": masking.ratio, "visible_tokens": cost.num_visible,
-              "tokens": cost.num_tokens, "gflops": round(cost.gflops, 3),
-              "formula_gflops": round(cost.formula_gflops, 3),
-              "params_m": round(cost.params / 1e6, 2)}
+    result = {"model": cfg.model.name, "head": cfg.model.head, "reduction": args.reduce}
+    if args.reduce == "random":
+        result["reduction_ratio"] = args.reduce_ratio      # the fraction of tokens dropped
+    elif args.reduce == "tome":
+        result["tome_r"] = args.tome_r
+    # a reduction replaces the test mask: the model then sees no mask
+    result |= {"masking": "none" if args.reduce else masking.name,
+               "ratio": 0.0 if args.reduce else masking.ratio,
+               "visible_tokens": cost.num_visible,
+               "tokens": cost.num_tokens, "gflops": round(cost.gflops, 3),
+               "formula_gflops": round(cost.formula_gflops, 3),
+               "params_m": round(cost.params / 1e6, 2)}
     if args.json:
         print(json.dumps(result, indent=1))
     else:
         for key, value in result.items():
-            console.print(f"{key:>15}: {value}")
+            console.print(f"{key:>15}: {'none' if value is None else value}")
     return 0

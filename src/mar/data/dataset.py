@@ -55,7 +55,9 @@ class VideoDataset(Dataset):
     :class:`VideoViews`.
 
     Randomness: item i in epoch e draws from a generator seeded by (seed, e, i), so a
-    run is reproducible whatever the worker count; call :meth:`set_epoch` each epoch.
+    run is reproducible whatever the worker count. The epoch comes with the index (item
+    ``(i, e)``, what the training sampler yields, so persistent workers need no message)
+    or from :meth:`set_epoch` (item ``i``).
 
     ``cache=True`` keeps every decoded video in memory (all its frames, decoded once): for
     small datasets such as the synthetic benchmark, where decoding dominates. Each
@@ -96,8 +98,8 @@ class VideoDataset(Dataset):
             self._backend = make_backend(self.backend_name, self.decode_timeout)
         return self._backend
 
-    def _generator(self, index: int) -> torch.Generator:
-        seed = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]
+    def _generator(self, index: int, epoch: int) -> torch.Generator:
+        seed = np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0]
         return torch.Generator().manual_seed(int(seed))
 
     def _warn(self, path: str, error: Exception) -> None:
@@ -120,8 +122,9 @@ class VideoDataset(Dataset):
         indices = self.sampling.indices(info.num_frames, train=True, generator=generator)
         return self.backend.read(record.path, indices, info)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        generator = self._generator(index)
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
+        index, epoch = index if isinstance(index, tuple) else (index, self.epoch)
+        generator = self._generator(index, epoch)
         skipped = []
         video_index = index
         for _ in range(self.max_retries + 1):
@@ -241,10 +244,13 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def view_loader(views: VideoViews, views_per_call: int, *, workers: int = 0, sampler=None,
-                pin_memory: bool = False) -> torch.utils.data.DataLoader:
+                pin_memory: bool = False,
+                persistent: bool = False) -> torch.utils.data.DataLoader:
     """Batches of whole videos' test views (:func:`collate_views`): as many videos as fill
-    ``views_per_call`` views (at least one), in ``workers`` processes; ``sampler``: this
-    process's share of the videos (default: all, in order)."""
+    ``views_per_call`` views (at least one), in ``workers`` processes (kept between
+    passes with ``persistent``); ``sampler``: this process's share of the videos
+    (default: all, in order); ``pin_memory`` on a GPU, for ``non_blocking`` copies."""
     return torch.utils.data.DataLoader(views, max(1, views_per_call // len(views.views)),
                                        sampler=sampler, collate_fn=collate_views,
-                                       num_workers=workers, pin_memory=pin_memory)
+                                       num_workers=workers, pin_memory=pin_memory,
+                                       persistent_workers=persistent and workers > 0)

@@ -91,21 +91,34 @@ def predict_views(model, loader, masking: MaskingStrategy, *, amp: str | None = 
     return {k: torch.cat(v) for k, v in out.items()}
 
 
+def tally(views: dict[str, Tensor], merge: str = "mean") -> dict:
+    """One rank's views reduced to what the metrics need: per video, the merged scores
+    and label; per view, only the top-1/top-5 hit counts. This, not every view's scores,
+    is what ranks exchange (a K400 test is 15x fewer rows)."""
+    valid = views["valid"]
+    scores, labels = views["scores"][valid], views["label"][valid]
+    merged, video_labels, _ = merge_views(views["scores"], views["video"], views["label"],
+                                          valid, merge)
+    return {"scores": merged, "labels": video_labels,
+            "clip_hits": (int(topk_correct(scores, labels, 1).sum()),
+                          int(topk_correct(scores, labels, 5).sum())),
+            "views": int(valid.sum()), "skipped": int((~valid).sum())}
+
+
 def evaluate(model, loader, masking: MaskingStrategy, info: DistInfo, num_classes: int,
              merge: str = "mean", *, amp: str | None = None, views_per_call: int | None = None,
              progress=None) -> EvalResult:
     """Top-1/5 at clip (view) and video level, per-class accuracy and confusion matrix,
-    over all ranks' views."""
+    over all ranks' views. Each rank merges its own videos' views first (a video's views
+    are all on one rank: the evaluation sampler shards whole videos)."""
     local = predict_views(model, loader, masking, amp=amp, views_per_call=views_per_call,
                           progress=progress)
-    parts = all_gather_objects(local, info)
-    views = {k: torch.cat([p[k] for p in parts]) for k in local}
-    valid = views["valid"]
-    scores, labels = views["scores"][valid], views["label"][valid]
-    clip1 = topk_correct(scores, labels, 1).float().mean().item() if len(scores) else 0.0
-    clip5 = topk_correct(scores, labels, 5).float().mean().item() if len(scores) else 0.0
-    vscores, vlabels, _ = merge_views(views["scores"], views["video"], views["label"], valid,
-                                      merge)
+    parts = all_gather_objects(tally(local, merge), info)
+    vscores = torch.cat([p["scores"] for p in parts])
+    vlabels = torch.cat([p["labels"] for p in parts])
+    views = sum(p["views"] for p in parts)
+    clip1, clip5 = (sum(p["clip_hits"][i] for p in parts) / views if views else 0.0
+                    for i in (0, 1))
     pred = vscores.argmax(1)
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(confusion, (vlabels.numpy(), pred.numpy()), 1)
@@ -117,7 +130,7 @@ def evaluate(model, loader, masking: MaskingStrategy, info: DistInfo, num_classe
         100 * clip1, 100 * clip5,
         100 * topk_correct(vscores, vlabels, 1).float().mean().item() if n else 0.0,
         100 * topk_correct(vscores, vlabels, 5).float().mean().item() if n else 0.0,
-        n, int(valid.sum()), int((~valid).sum()), per_class, confusion)
+        n, views, sum(p["skipped"] for p in parts), per_class, confusion)
 
 
 def save_confusion(result: EvalResult, out_dir: str | Path,
@@ -153,24 +166,32 @@ def save_confusion(result: EvalResult, out_dir: str | Path,
     return csv_path, png_path
 
 
-def run_eval(cfg: Config, model, split: str, info: DistInfo, out_dir: Path | None = None,
-             masking: MaskingStrategy | None = None) -> EvalResult:
-    """Evaluate ``model`` on the ``val`` (one view) or ``test`` (multi-view) split of
-    ``cfg``, with ``masking`` (default: the config's test-time masking); with ``out_dir``
-    also write the confusion matrix and per-class accuracy there."""
-    from tqdm import tqdm
-
+def eval_loader(cfg: Config, split: str, info: DistInfo):
+    """This rank's share of the ``val`` or ``test`` videos of ``cfg``, as batches of
+    their test views; its workers persist (a training run evaluates every epoch with the
+    same loader) and its batches are pinned on a GPU."""
     from ..data import view_loader
     from ..runtime.distributed import ShardSampler
 
-    masking = masking or cfg.test_masking()
     data = cfg.dataset(split)
     # evaluation draws nothing at random, so more workers than cores gain nothing
     workers = min(cfg.data.num_workers, os.cpu_count() or 1)
     sampler = ShardSampler(len(data), info.rank, info.world_size, shuffle=False)
-    loader = view_loader(data, cfg.eval.batch_size, workers=workers, sampler=sampler,
-                         pin_memory=info.device.type == "cuda")
-    bar = tqdm(total=len(sampler), desc=f"{split} videos", disable=not info.is_main,
+    return view_loader(data, cfg.eval.batch_size, workers=workers, sampler=sampler,
+                       pin_memory=info.device.type == "cuda", persistent=True)
+
+
+def run_eval(cfg: Config, model, split: str, info: DistInfo, out_dir: Path | None = None,
+             masking: MaskingStrategy | None = None, loader=None) -> EvalResult:
+    """Evaluate ``model`` on the ``val`` (one view) or ``test`` (multi-view) split of
+    ``cfg``, with ``masking`` (default: the config's test-time masking); with ``out_dir``
+    also write the confusion matrix and per-class accuracy there. ``loader``: one
+    :func:`eval_loader` made earlier (default: a new one)."""
+    from tqdm import tqdm
+
+    masking = masking or cfg.test_masking()
+    loader = loader or eval_loader(cfg, split, info)
+    bar = tqdm(total=len(loader.sampler), desc=f"{split} videos", disable=not info.is_main,
                dynamic_ncols=True, leave=False)
     result = evaluate(model, loader, masking, info, cfg.model.num_classes, cfg.eval.merge,
                       amp=cfg.train.amp, views_per_call=cfg.eval.batch_size,

@@ -85,10 +85,12 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float,
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.05,
                     layer_decay: float = 0.75, betas=(0.9, 0.999), eps: float = 1e-8,
-                    policy: str = "paper") -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`, each group's LR already ``lr * lr_scale``."""
+                    policy: str = "paper", fused: bool = False) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`, each group's LR already ``lr * lr_scale``;
+    ``fused``: one kernel for every parameter (what a GPU run uses)."""
     groups = param_groups(model, weight_decay, layer_decay, policy)
-    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps,
+                                  **({"fused": True} if fused else {}))
     set_lr(optimizer, lr)
     return optimizer
 

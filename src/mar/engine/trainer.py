@@ -28,16 +28,18 @@ from tqdm import tqdm
 
 from ..config import Config, save_config
 from ..data.mixup import VideoMixup
+from ..errors import ConfigError
 from ..losses import LossTerms, mar_loss
 from ..masking import MaskingStrategy
 from ..models.io import load_weights
-from ..runtime.device import amp_dtype
+from ..runtime.device import amp_dtype, make_deterministic, to_device
 from ..runtime.distributed import (
     DistInfo,
     all_gather_objects,
     barrier,
     init_distributed,
     mean_across_ranks,
+    shutdown,
 )
 from .budget import REFERENCE_BATCH, plan
 from .checkpoint import (
@@ -49,7 +51,7 @@ from .checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from .evaluate import print_summary, run_eval
+from .evaluate import eval_loader, print_summary, run_eval
 from .loader import build_loader
 from .optim import build_optimizer, set_lr
 from .schedule import lr_at
@@ -79,6 +81,17 @@ def build_model(cfg: Config, info: DistInfo):
     return model.to(info.device)
 
 
+def wrap_ddp(model, info: DistInfo):
+    """The model under DistributedDataParallel in a world of several processes (itself in
+    a world of one), on this process's GPU. Its only buffers are fixed position tables,
+    the same on every rank: nothing to broadcast each step."""
+    if info.world_size == 1:
+        return model
+    return DistributedDataParallel(model, device_ids=[info.device.index]
+                                   if info.device.type == "cuda" else None,
+                                   broadcast_buffers=False)
+
+
 class TrainStep:
     """Forward and backward of one micro-batch (mixup, a fresh training mask, autocast),
     and, every ``accum_steps`` micro-batches, the optimizer update (LR, unscale, clipping,
@@ -99,20 +112,25 @@ class TrainStep:
     def forward_backward(self, batch: dict) -> tuple[LossTerms, bool]:
         """Accumulate this micro-batch's gradient; True when an update is due."""
         device = self.info.device
-        video = batch["video"].to(device, non_blocking=True)
-        target = batch["label"].to(device)
+        video, target = to_device(batch["video"], device), to_device(batch["label"], device)
         if self.mixup is not None:
             video, target = self.mixup(video, target)
-        mask = self.masking(video.shape[0], self.model.grid, train=True,
-                            generator=self.mask_generator).to(device)
+        mask = to_device(self.masking(video.shape[0], self.model.grid, train=True,
+                                      generator=self.mask_generator), device)
         self.micro += 1
         update = self.micro % self.accum_steps == 0
         sync = update or self.info.world_size == 1
-        with (nullcontext() if sync else self.net.no_sync()), torch.autocast(
-                device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            loss = mar_loss(self.net(video, mask), target, self.rec_weight,
-                            self.label_smoothing)
-            self.scaler.scale(loss.total / self.accum_steps).backward()
+        try:
+            with (nullcontext() if sync else self.net.no_sync()), torch.autocast(
+                    device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                loss = mar_loss(self.net(video, mask), target, self.rec_weight,
+                                self.label_smoothing)
+                self.scaler.scale(loss.total / self.accum_steps).backward()
+        except RuntimeError as e:
+            if "deterministic" not in str(e):
+                raise
+            raise ConfigError(f"train.deterministic: {str(e).split('. ')[0]} on "
+                              f"{device.type}; set train.deterministic=false") from None
         return loss, update
 
     def update(self, lr: float) -> None:
@@ -201,11 +219,18 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False,
           overwrite: bool = False) -> dict:
     """Train as ``cfg`` says; returns the end-of-run summary (also in ``summary.json``)."""
     info = init_distributed(cfg.train.device)
+    try:
+        return _train(cfg, Path(out_dir), info, resume=resume, overwrite=overwrite)
+    finally:
+        shutdown()
+
+
+def _train(cfg: Config, run_dir: Path, info: DistInfo, *, resume: bool,
+           overwrite: bool) -> dict:
     tc, dc = cfg.train, cfg.data
     seed_everything(tc.seed * 1000 + info.rank)
     if tc.deterministic:
-        torch.use_deterministic_algorithms(True)
-    run_dir = Path(out_dir)
+        make_deterministic(info.device)
     if info.is_main:
         prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
         save_config(cfg, run_dir / "config.yaml")
@@ -217,7 +242,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False,
     model = build_model(cfg, info)
     train_set = cfg.dataset("train")
     loader = build_loader(train_set, tc.batch_size, info, workers=dc.num_workers,
-                          shuffle=True, seed=tc.seed)
+                          seed=tc.seed)
     # effective batch, LR, steps and lambda: mar.engine.budget (also what `mar recipe` shows)
     budget = plan(cfg, info.world_size, videos_per_process=len(loader.sampler))
     steps_per_epoch = budget.steps_per_epoch
@@ -227,12 +252,12 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False,
                          f"{info.world_size} processes")
     total_steps = budget.total_steps
     effective, lr = budget.effective_batch, budget.lr
+    # fused AdamW on a GPU: one kernel per step, and fp16's inf check without a host sync
     optimizer = build_optimizer(model, lr, tc.weight_decay, tc.layer_decay, tc.betas,
-                                policy=tc.layer_decay_policy)
+                                policy=tc.layer_decay_policy,
+                                fused=info.device.type == "cuda")
     scaler = torch.amp.GradScaler(info.device.type, enabled=tc.amp == "fp16")
-    net = (DistributedDataParallel(model, device_ids=[info.local_rank]
-                                   if info.device.type == "cuda" else None)
-           if info.world_size > 1 else model)
+    net = wrap_ddp(model, info)
     finetune = tc.task == "finetune"
     mixup = (VideoMixup(cfg.model.num_classes, dc.mixup, dc.cutmix, dc.mixup_prob,
                         dc.mixup_switch_prob, dc.label_smoothing)
@@ -260,12 +285,11 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False,
     values = {"loss": float("nan")}
 
     model.train()
+    val_loader = None
     while step < stop:
         epoch = step // steps_per_epoch
-        train_set.set_epoch(epoch)
         loader.sampler.set_epoch(epoch, start=(step % steps_per_epoch) * tc.accum_steps
                                  * tc.batch_size)
-        loader.generator.manual_seed(tc.seed * 100_003 + epoch)
         bar = tqdm(total=steps_per_epoch, initial=step % steps_per_epoch,
                    desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not info.is_main,
                    dynamic_ncols=True)
@@ -280,26 +304,28 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False,
                            base_lr=lr, min_lr=tc.min_lr, warmup_start_lr=tc.warmup_start_lr)
             step_fn.update(lr_now)
             step += 1
-            values = {"loss": loss.total.item(), "loss_cls": loss.cls.item(),
-                      "loss_rec": loss.rec.item(), "lr": lr_now}
-            if not math.isfinite(values["loss"]):
-                raise FloatingPointError(f"loss is {values['loss']} at step {step}")
-            rate = clips * info.world_size / (time.perf_counter() - tick)
-            bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr_now:.2e}",
-                            clips_s=f"{rate:.1f}")
+            log = step % tc.log_every == 0 or step == 1
+            save = bool(tc.save_every and step % tc.save_every == 0 and step % steps_per_epoch)
+            end = step >= stop or step % steps_per_epoch == 0
+            if log or save or end:  # the losses reach the host here only: one sync
+                values = read_losses(loss, step) | {"lr": lr_now}
+                rate = clips * info.world_size / (time.perf_counter() - tick)
+                bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr_now:.2e}",
+                                clips_s=f"{rate:.1f}")
             bar.update(1)
-            if step % tc.log_every == 0 or step == 1:
+            if log:
                 logger.log(step, epoch=epoch, clips_per_s=rate, **values)
-            if tc.save_every and step % tc.save_every == 0 and step % steps_per_epoch:
+            if save:
                 checkpointer.save(step, epoch, {"train_loss": values["loss"]})
-            if step >= stop or step % steps_per_epoch == 0:
+            if end:
                 break
         bar.close()
         metrics = {"train_loss": mean_across_ranks(values["loss"], info)}
         epoch_done = step % steps_per_epoch == 0
         if finetune and dc.val_list and (
                 step >= stop or (epoch_done and (epoch + 1) % tc.eval_every == 0)):
-            result = run_eval(cfg, model, "val", info)
+            val_loader = val_loader or eval_loader(cfg, "val", info)  # its workers persist
+            result = run_eval(cfg, model, "val", info, loader=val_loader)
             metrics |= {"val_top1": result.video_top1, "val_top5": result.video_top5}
             model.train()
         logger.log(step, epoch=epoch, **metrics)
@@ -314,6 +340,17 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False,
         print_summary(summary)
     logger.close()
     return summary
+
+
+def read_losses(loss: LossTerms, step: int) -> dict[str, float]:
+    """The step's losses on the host, in one transfer (the training loop's only host
+    sync, every ``log_every`` steps); a loss that is not finite stops the run."""
+    total, cls, rec = torch.stack([loss.total.detach(), loss.cls.detach(),
+                                   loss.rec.detach()]).float().tolist()
+    if not math.isfinite(total):
+        raise FloatingPointError(f"loss is {total} at step {step} (losses are read every "
+                                 "train.log_every steps)")
+    return {"loss": total, "loss_cls": cls, "loss_rec": rec}
 
 
 def _summary(cfg: Config, model, info: DistInfo, start: float, skipped: list, best) -> dict:

@@ -156,45 +156,121 @@ def check_settings(out: Path, settings: dict) -> None:
 
 
 def save_features(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> Path:
-    """One video's file, atomically (a killed run leaves no partial file)."""
-    from safetensors.torch import save_file
+    """One video's file, atomically (a killed run leaves no partial file), and the same
+    bytes for the same inputs: the header's metadata in sorted order (safetensors itself
+    writes it in a random order), spaces padding the header to 8 bytes as the format
+    allows."""
+    from safetensors.torch import save
 
-    tensors = {k: v.contiguous() for k, v in tensors.items()}
-    return atomic.write_file(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    raw = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + size])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    blob = len(text).to_bytes(8, "little") + text + raw[8 + size:]
+    return atomic.write_file(path, lambda tmp: tmp.write_bytes(blob))
+
+
+def packed_calls(items, per_call: int, run):
+    """Run the views of a stream of videos in model calls of exactly ``per_call`` views,
+    across video boundaries (the last call padded with copies of a view), and yield each
+    item with its views' outputs, in stream order, once they are all done.
+
+    ``items`` yields ``(item, views)`` with ``views`` (V, ...) or None (nothing to run:
+    yielded as ``(item, None)``); ``run`` maps (per_call, ...) views to outputs. Every
+    call has the same shape, so a video's outputs do not depend on which videos share
+    its calls: each view's row goes through the same kernels whatever its neighbours."""
+    waiting: list[list] = []           # [item, views to come, outputs so far], in order
+    queue: list[Tensor] = []           # views not yet run, in the same order
+    ready: list[Tensor] = []           # outputs not yet handed to a waiting item
+
+    def drain():
+        out = torch.cat(ready) if ready else None
+        ready.clear()
+        while waiting:
+            entry = waiting[0]
+            if entry[1]:
+                if out is None:
+                    break
+                take = out[:entry[1]]
+                entry[1] -= len(take)
+                entry[2].append(take)
+                out = out[len(take):] if len(out) > len(take) else None
+                if entry[1]:
+                    break
+            waiting.pop(0)
+            yield entry[0], torch.cat(entry[2]) if entry[2] else None
+        if out is not None:
+            ready.append(out)
+
+    def call(pad: bool):
+        flat = torch.cat(queue)
+        n = len(flat) if pad else len(flat) // per_call * per_call
+        for start in range(0, n, per_call):
+            chunk = flat[start:start + per_call]
+            real = len(chunk)
+            if real < per_call:
+                chunk = torch.cat([chunk, chunk[-1:].expand(per_call - real,
+                                                             *chunk.shape[1:])])
+            ready.append(run(chunk)[:real])
+        queue[:] = [flat[n:]] if n < len(flat) else []
+        yield from drain()
+
+    for item, views in items:
+        waiting.append([item, 0 if views is None else len(views), []])
+        if views is None:
+            yield from drain()
+            continue
+        queue.append(views)
+        if sum(len(q) for q in queue) >= per_call:
+            yield from call(pad=False)
+    if queue:
+        yield from call(pad=True)
+    yield from drain()
 
 
 def extract_share(model, cfg: Config, sources: list[Source], out: Path,
                   masking: MaskingStrategy, settings: dict, *, workers: int,
                   progress_name: str | None = None) -> list[dict]:
     """Extract ``sources`` (this process's share) into ``out/features``; a record each.
-    ``progress_name``: the label of a progress bar (None: no bar)."""
+    ``progress_name``: the label of a progress bar (None: no bar).
+
+    Views of consecutive videos share model calls of exactly ``views_per_call`` views
+    (:func:`packed_calls`): a video's features never depend on the others."""
     from tqdm import tqdm
 
     from ..data import VideoRecord
+    from ..runtime.device import model_device
 
     if not sources:
         return []
     clips, crops = settings["clips"], settings["crops"]
     views = cfg.views_dataset([VideoRecord(s.path, s.label or 0) for s in sources], clips,
                               crops)
-    # one video per item: a video's features never depend on the others
-    loader = torch.utils.data.DataLoader(views, batch_size=None, num_workers=workers)
+    loader = torch.utils.data.DataLoader(views, batch_size=None, num_workers=workers,
+                                         pin_memory=model_device(model).type == "cuda")
     dtype = DTYPES[settings["store_dtype"]]
     mask = masking(1, model.grid, train=False)
+    per_call = settings["views_per_call"]
+
+    def run(chunk: Tensor) -> Tensor:
+        return score(model, chunk, masking, amp=settings["amp"], views_per_call=per_call,
+                     features=True)
+
+    stream = ((item, item["video"] if item["valid"] else None) for item in loader)
     records = []
     bar = tqdm(total=len(sources), desc=progress_name, unit="video",
                disable=progress_name is None, dynamic_ncols=True)
-    for item in loader:
+    for item, tokens in packed_calls(stream, per_call, run):
         source = sources[item["index"]]
         name = feature_name(source.key)
         record = {"video": source.path, "key": source.key, "label": source.label,
                   "file": f"{FEATURES}/{name}", "views": 0, "status": "ok", "error": None,
                   "reused": False}
-        if not item["valid"]:
+        if tokens is None:
             record.update(file=None, status="error", error=item["error"])
         else:
-            tokens = score(model, item["video"], masking, amp=settings["amp"],
-                           views_per_call=settings["views_per_call"], features=True)
             features = tokens.float().mean(1)                   # (V, D), pooled in float32
             tensors = {"features": features.to(dtype), "clip": item["clip"],
                        "crop": item["crop"]}
@@ -203,7 +279,7 @@ def extract_share(model, cfg: Config, sources: list[Source], out: Path,
                 tensors["token_ids"] = mask.ids_keep[0].clone()
             metadata = {"format": FORMAT, "video": source.path, "key": source.key,
                         "label": "" if source.label is None else str(source.label),
-                        "settings": json.dumps(settings)}
+                        "settings": json.dumps(settings, sort_keys=True)}
             save_features(out / FEATURES / name, tensors, metadata)
             record["views"] = features.shape[0]
         records.append(record)

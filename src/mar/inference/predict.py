@@ -80,14 +80,16 @@ def predict(model: MAR, cfg: Config, videos: list[Path], masking: MaskingStrateg
 
     start = time.perf_counter()
     dc = cfg.data
-    views_per_call = views_per_call or default_views_per_call(model_device(model))
+    device = model_device(model)
+    views_per_call = views_per_call or default_views_per_call(device)
     dataset = cfg.views_dataset([VideoRecord(str(v), 0) for v in videos], dc.test_clips,
                                 dc.test_crops)
     workers = default_workers(len(videos)) if workers is None else workers
     probs: dict[int, Tensor] = {}
     errors: dict[int, str] = {}
     views: dict[int, int] = {}
-    for batch in view_loader(dataset, views_per_call, workers=workers):
+    for batch in view_loader(dataset, views_per_call, workers=workers,
+                             pin_memory=device.type == "cuda"):
         errors |= batch["error"]
         tick = time.perf_counter()
         p = score(model, batch["video"], masking, amp=amp, views_per_call=views_per_call)

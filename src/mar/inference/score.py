@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ..masking import MaskingStrategy
-from ..runtime.device import amp_dtype, default_views_per_call, model_device
+from ..runtime.device import amp_dtype, default_views_per_call, model_device, to_device
 
 
 @torch.no_grad()
@@ -36,8 +36,8 @@ def score(model, views: Tensor, masking: MaskingStrategy, *, amp: str | None = N
         raise ValueError(f"views per call must be >= 1, got {per_call}")
     out = []
     for chunk in views.split(per_call):
-        chunk = chunk.to(device, non_blocking=True)
-        mask = masking(chunk.shape[0], model.grid, train=False).to(device)
+        chunk = to_device(chunk, device)
+        mask = to_device(masking(chunk.shape[0], model.grid, train=False), device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             if features:
                 out.append(model.forward_features(chunk, mask).cpu())

@@ -94,7 +94,8 @@ class BridgingHead(nn.Module):
         x = self.proj(x)                                          # (B, N_visible, W)
         b, n_vis, w = x.shape
         if self.mask_token is not None and mask is not None and mask.num_masked:
-            full = self.mask_token.expand(b, mask.num_tokens, w)
+            # under autocast x is bf16 / fp16 while the learned token stays float32
+            full = self.mask_token.to(x.dtype).expand(b, mask.num_tokens, w)
             ids = mask.ids_keep.unsqueeze(-1).expand(-1, -1, w)
             x = full.scatter(1, ids, x)                           # (B, N, W)
             if self.pos_embed is not None:

@@ -21,7 +21,7 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
         name = str(name)
     name = (name or "auto").strip().lower()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -37,7 +37,31 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     if device.index is not None and device.index >= count:
         raise ConfigError(f"device {name!r}: this machine has {count} GPU"
                           f"{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})")
+    enable_tf32()
     return device
+
+
+def enable_tf32() -> None:
+    """float32 matmuls and convolutions on the GPU's TF32 tensor cores (10-bit mantissa
+    products, float32 accumulation): what every fp32 path (``--amp none``) then runs on.
+    Set whenever a command resolves a CUDA device; a no-op for CPU math."""
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    torch.backends.cudnn.conv.fp32_precision = "tf32"
+
+
+def make_deterministic(device: torch.device) -> None:
+    """``train.deterministic``: every op picks a deterministic kernel, or raises when it
+    has none. On CUDA also what PyTorch requires for it: cuBLAS's fixed workspace
+    (``CUBLAS_WORKSPACE_CONFIG``, before the first matmul), cuDNN without benchmarking,
+    and attention without the flash kernel, whose backward has no deterministic form."""
+    import os
+
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cuda.enable_flash_sdp(False)
+    torch.use_deterministic_algorithms(True)
 
 
 def amp_dtype(name: str | None, device: torch.device) -> torch.dtype | None:
@@ -73,6 +97,15 @@ def default_views_per_call(device: torch.device) -> int:
     """Views per model call: 4 on a CPU, where larger calls outgrow the caches (ViT-B:
     8 views per call 8-12 % slower than 1 to 4, docs/benchmarks.md), 16 on a GPU."""
     return 4 if device.type == "cpu" else 16
+
+
+def to_device(x, device: torch.device):
+    """``x`` (a tensor or a :class:`~mar.masking.Mask`) on ``device``. To a GPU it goes
+    from page-locked memory (a loader's pinned batch is used as it is) with a
+    ``non_blocking`` copy: the host never waits for it."""
+    if device.type == "cuda":
+        x = x.pin_memory()
+    return x.to(device, non_blocking=True)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

@@ -31,6 +31,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
 
     ``device`` is ``--device`` (:func:`mar.runtime.device.resolve_device`); ``cuda``
     without an index is this process's local rank's GPU."""
+    from ..errors import ConfigError
     from .device import resolve_device
 
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -38,11 +39,25 @@ def init_distributed(device: str = "auto") -> DistInfo:
     local = int(os.environ.get("LOCAL_RANK", 0))
     dev = resolve_device(device)
     if dev.type == "cuda":
+        if dev.index is not None and world > 1:
+            raise ConfigError(f"device {dev}: under torchrun each process takes its "
+                              "LOCAL_RANK's GPU; pass --device cuda (choose the GPUs with "
+                              "CUDA_VISIBLE_DEVICES)")
         dev = torch.device("cuda", local) if dev.index is None else dev
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
+                                **({"device_id": dev} if dev.type == "cuda" else {}))
     return DistInfo(rank, world, local, dev)
+
+
+def gather_to_main(obj, info: DistInfo) -> list | None:
+    """Every rank's ``obj`` on rank 0, in rank order; None on the other ranks."""
+    if info.world_size == 1:
+        return [obj]
+    out = [None] * info.world_size if info.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
 
 
 def all_gather_objects(obj, info: DistInfo) -> list:
@@ -80,12 +95,15 @@ class ShardSampler(torch.utils.data.Sampler):
     batches, then every ``world_size``-th index. Evaluation (``shuffle=False``): indices
     rank, rank + world, ...: every item exactly once over all ranks, no padding, so no
     view is counted twice. ``start`` skips the first items of the epoch (resume).
+    ``with_epoch=True`` yields ``(index, epoch)`` pairs: the epoch reaches a dataset in
+    persistent workers, which never see :meth:`set_epoch` calls in the main process.
     """
 
     def __init__(self, size: int, rank: int = 0, world_size: int = 1, *, shuffle: bool,
-                 seed: int = 0, batch_size: int = 1):
+                 seed: int = 0, batch_size: int = 1, with_epoch: bool = False):
         self.size, self.rank, self.world = size, rank, world_size
         self.shuffle, self.seed, self.batch_size = shuffle, seed, batch_size
+        self.with_epoch = with_epoch
         self.epoch = 0
         self.start = 0
 
@@ -101,7 +119,8 @@ class ShardSampler(torch.utils.data.Sampler):
         return order[:keep][self.rank::self.world]
 
     def __iter__(self):
-        return iter(self._indices()[self.start:])
+        indices = self._indices()[self.start:]
+        return iter([(i, self.epoch) for i in indices] if self.with_epoch else indices)
 
     def __len__(self) -> int:
         return max(len(self._indices()) - self.start, 0)
