@@ -23,8 +23,10 @@ start after the budget is spent is skipped with a note, never run half). Five pa
    needed because ``mar``'s trainer creates a process group only when WORLD_SIZE > 1:
    a one-process run does no collective at all.
 5. every command that runs a model, with ``--device cuda``: ``mar predict`` (fp32 and
-   ``--amp bf16``), ``eval``, ``extract`` and ``serve`` (one upload) on part 4's
-   checkpoint; each must exit 0 (``serve``: answer the upload).
+   ``--amp bf16``), ``eval`` (of the run, and of a ``checkpoint-*`` folder, whose
+   ``state.pt`` holds GPU tensors), ``extract`` and ``serve`` (one upload) on part 4's
+   checkpoint, and ``mar train`` with fp16 autocast, accumulation 2 and Table VII's mask
+   tokens; each must exit 0 (``serve``: answer the upload).
 
 Every timing is a median after warm-up, with ``torch.cuda.synchronize()`` around it
 (``bench_inference.timed``); peak-memory statistics are reset between configurations.
@@ -402,10 +404,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(args: list[str], timeout: float) -> dict:
-    """``python -m torch.distributed.run --nproc_per_node 1 ARGS``: exit code, wall time,
-    and the output's tail."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1",
+def torchrun(args: list[str], timeout: float, processes: int = 1) -> dict:
+    """``python -m torch.distributed.run --nproc_per_node PROCESSES ARGS``: exit code,
+    wall time, and the output's tail."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
            "--master_port", str(free_port()), *args]
     start = time.perf_counter()
     try:
@@ -503,7 +505,12 @@ def part_torchrun(setup: Setup, budget: Budget, reserve: float, work: Path) -> d
     if not budget.allows(reserve / 3):
         result["notes"].append(budget.note("the collective probe", reserve / 3))
         return result
-    probe = torchrun([__file__, "--probe-collectives", backend], max(budget.left() - 5, 20))
+    # two processes (each on its own GPU) where there are two GPUs: NCCL between them
+    processes = 2 if setup.device == "cuda" and torch.cuda.device_count() >= 2 else 1
+    if processes == 1:
+        result["notes"].append("one process: the 2-process NCCL test needs 2 GPUs")
+    probe = torchrun([__file__, "--probe-collectives", backend], max(budget.left() - 5, 20),
+                     processes)
     lines = probe.pop("stdout", "").strip().splitlines()
     if probe["exit_code"] == 0 and lines:
         try:
@@ -594,12 +601,20 @@ def part_commands(setup: Setup, budget: Budget, reserve: float, work: Path) -> d
     device = "cuda" if setup.device == "cuda" else "cpu"
     video = next(p for p in sorted(data.rglob("*.mp4")))
     common = ["--checkpoint", str(run), "--device", device]
+    checkpoint = sorted(run.glob("checkpoint-*"))[-1]   # its state.pt holds GPU tensors
     commands = {
         "predict": ["predict", str(video), *common, "--json"],
         "predict --amp bf16": ["predict", str(video), *common, "--json", "--amp", "bf16"],
         "eval": ["eval", *common, "--set", f"data.test_list={data / 'val.csv'}"],
+        "eval checkpoint-*": ["eval", "--checkpoint", str(checkpoint), "--device", device,
+                              "--set", f"data.test_list={data / 'val.csv'}"],
         "extract": ["extract", str(data / "val.csv"), "--root", str(data), *common,
                     "--out", str(work / "features")],
+        # Table VII's mask tokens under fp16 with its GradScaler, and accumulation
+        "train fp16, accumulation 2, mask tokens": [
+            "train", "--out", str(work / "run_fp16"), *train_overrides(data, setup.device),
+            "train.amp=fp16", "train.accum_steps=2", "train.batch_size=2",
+            "model.head_mask_tokens=true"],
     }
     result = {"device": device, "commands": {}, "notes": []}
     for name, args in commands.items():
@@ -637,7 +652,7 @@ def fmt(value, spec: str = ".2f", missing: str = "n/a") -> str:
 
 def machine(setup: Setup, tiny: bool) -> dict:
     out = {"mode": "--tiny (CPU)" if tiny else "GPU", "torch": torch.__version__,
-           "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+           "fp32_matmul_precision": torch.backends.cuda.matmul.fp32_precision,
            "cuda": torch.version.cuda, "python": platform.python_version(),
            "cpu_count": os.cpu_count(), "setup": asdict(setup),
            "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
@@ -665,7 +680,8 @@ def render(results: dict) -> str:
              f"- torch {m['torch']}, CUDA {m['cuda'] or 'n/a'}"
              + (f", cuDNN {m['cudnn']}" if m.get("cudnn") else "")
              + f", Python {m['python']}, {m['cpu_count']} CPU cores; fp32 matmuls "
-             + ("may use TF32" if m["tf32_matmul"] else "in full fp32 (TF32 off)"),
+             + ("on TF32" if m["fp32_matmul_precision"] == "tf32"
+                else "in full fp32 (TF32 off)"),
              f"- run {m['date_utc']}; wall time {results['wall_s']:.0f} s of a "
              f"{results['budget_s']:.0f} s budget", ""]
     if m["mode"].startswith("--tiny"):

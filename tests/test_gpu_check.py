@@ -88,8 +88,9 @@ def test_tiny_gpu_check_runs_every_part(tmp_path):
     assert rows["collective"]["backend"] == "gloo"
 
     rows = {r["command"]: r for r in table(parts["5"])}
-    assert set(rows) == {"mar predict", "mar predict --amp bf16", "mar eval", "mar extract",
-                         "mar serve"}, parts["5"]
+    assert set(rows) == {"mar predict", "mar predict --amp bf16", "mar eval",
+                         "mar eval checkpoint-*", "mar extract",
+                         "mar train fp16, accumulation 2, mask tokens", "mar serve"}, parts["5"]
     assert all(r["exit code"] == "0" and r["result"] == "ok" for r in rows.values()), rows
 
     data = json.loads(out.with_suffix(".json").read_text())

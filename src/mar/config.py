@@ -265,7 +265,7 @@ class Config(_Section):
                           decode_timeout=dc.decode_timeout)
 
 
-def _parse_override(item: str) -> tuple[str, Any]:
+def parse_override(item: str) -> tuple[str, Any]:
     key, sep, value = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {item!r}: expected key.path=value")
@@ -306,7 +306,7 @@ def apply_overrides(tree: dict, overrides: list[str] | dict[str, Any],
     strings (the command line; values parsed as YAML) or a dict of ``key.path``: value."""
     tree = copy.deepcopy(tree)
     items = (overrides.items() if isinstance(overrides, dict)
-             else map(_parse_override, overrides))
+             else map(parse_override, overrides))
     for key, value in items:
         _set(tree, key.split("."), value, where)
     return tree
@@ -323,20 +323,23 @@ def build_config(tree: dict, overrides: list[str] | dict[str, Any] = (),
         raise ConfigError(_format(e, where)) from None
 
 
+def read_config(path: str | Path) -> tuple[dict, str]:
+    """The tree of the YAML file at ``path`` (a path, or the name of a shipped config:
+    :func:`mar.distribution.resolve_config`) and where it came from, not yet validated."""
+    path = resolve_config(path)
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return tree, str(path)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Defaults, then the YAML file at ``path`` (a path, or the name of a shipped config:
-    :func:`mar.distribution.resolve_config`), then ``key.path=value`` overrides."""
-    tree: dict = {}
-    where = "config"
-    if path is not None:
-        path = resolve_config(path)
-        where = str(path)
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
+    """Defaults, then the YAML file at ``path`` (:func:`read_config`), then
+    ``key.path=value`` overrides."""
+    tree, where = read_config(path) if path is not None else ({}, "config")
     return build_config(tree, overrides, where)
 
 

@@ -250,7 +250,12 @@ def view_loader(views: VideoViews, views_per_call: int, *, workers: int = 0, sam
     ``views_per_call`` views (at least one), in ``workers`` processes (kept between
     passes with ``persistent``); ``sampler``: this process's share of the videos
     (default: all, in order); ``pin_memory`` on a GPU, for ``non_blocking`` copies."""
+    persistent = persistent and workers > 0
+    # a persistent loader draws its workers' seed once, at its first pass: from its own
+    # generator, so that a training run that evaluates with it consumes the global RNG
+    # (dropout's) the same whether or not it was resumed in between
     return torch.utils.data.DataLoader(views, max(1, views_per_call // len(views.views)),
                                        sampler=sampler, collate_fn=collate_views,
                                        num_workers=workers, pin_memory=pin_memory,
-                                       persistent_workers=persistent and workers > 0)
+                                       persistent_workers=persistent,
+                                       generator=torch.Generator() if persistent else None)

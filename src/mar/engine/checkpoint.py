@@ -140,25 +140,32 @@ def load_checkpoint(path: str | Path, model, optimizer=None, scaler=None,
     return state
 
 
-def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool) -> Path:
-    """Create the run directory. A non-empty one is refused unless ``resume`` (then
-    what a crash left is cleaned up) or ``overwrite`` (then its contents are deleted, if it
-    looks like a run directory: ``config.yaml``, ``metrics.jsonl``, a checkpoint...)."""
+def check_run_dir(path: str | Path, *, resume: bool, overwrite: bool) -> None:
+    """What :func:`prepare_run_dir` would refuse, checked without touching anything."""
     path = Path(path)
     if resume and overwrite:
         raise ValueError("--resume auto and --overwrite contradict each other: pass one")
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{path} is a file, not a run directory")
-    if path.is_dir() and any(path.iterdir()):
-        if resume:
-            clean_run_dir(path)
-        elif not overwrite:
+    if path.is_dir() and any(path.iterdir()) and not resume:
+        if not overwrite:
             raise FileExistsError(f"{path} is not empty: pass --resume auto to continue "
                                   "that run or --overwrite to start afresh")
-        elif not any((path / m).exists() for m in RUN_MARKERS) and not _checkpoints(path):
+        if not any((path / m).exists() for m in RUN_MARKERS) and not _checkpoints(path):
             raise FileExistsError(f"{path} is not empty and holds no mar run (no config.yaml,"
                                   " metrics.jsonl or checkpoint): --overwrite will not delete "
                                   "it; choose another --out")
+
+
+def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool) -> Path:
+    """Create the run directory. A non-empty one is refused unless ``resume`` (then
+    what a crash left is cleaned up) or ``overwrite`` (then its contents are deleted, if it
+    looks like a run directory: ``config.yaml``, ``metrics.jsonl``, a checkpoint...)."""
+    path = Path(path)
+    check_run_dir(path, resume=resume, overwrite=overwrite)
+    if path.is_dir() and any(path.iterdir()):
+        if resume:
+            clean_run_dir(path)
         else:
             for child in path.iterdir():
                 if child.is_dir() and not child.is_symlink():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -133,6 +134,25 @@ def evaluate(model, loader, masking: MaskingStrategy, info: DistInfo, num_classe
         n, views, sum(p["skipped"] for p in parts), per_class, confusion)
 
 
+def class_names(cfg: Config) -> list[str] | None:
+    """One name per class (``model.num_classes``) from ``data.class_names``, or None
+    without a file. A file with fewer names leaves the rest named by their index (with a
+    warning); one with more names than the model has classes is an error."""
+    if not cfg.data.class_names:
+        return None
+    from ..data import read_class_names
+
+    names, k = read_class_names(cfg.data.class_names), cfg.model.num_classes
+    if len(names) > k:
+        raise ValueError(f"{cfg.data.class_names}: {len(names)} class names, but "
+                         f"model.num_classes is {k}")
+    if len(names) < k:
+        warnings.warn(f"{cfg.data.class_names} names {len(names)} of the {k} classes "
+                      "(model.num_classes); the others are named by their index",
+                      stacklevel=2)
+    return names + [str(i) for i in range(len(names), k)]
+
+
 def save_confusion(result: EvalResult, out_dir: str | Path,
                    class_names: list[str] | None = None) -> tuple[Path, Path]:
     """``confusion.csv`` (rows: true class, columns: predicted) and ``confusion.png``."""
@@ -143,7 +163,7 @@ def save_confusion(result: EvalResult, out_dir: str | Path,
 
     out_dir = Path(out_dir)
     k = result.confusion.shape[0]
-    names = class_names or [str(i) for i in range(k)]
+    names = (class_names or [])[:k] + [str(i) for i in range(len(class_names or []), k)]
     csv_path, png_path = out_dir / "confusion.csv", out_dir / "confusion.png"
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -198,12 +218,7 @@ def run_eval(cfg: Config, model, split: str, info: DistInfo, out_dir: Path | Non
                       progress=bar.update)
     bar.close()
     if out_dir is not None and info.is_main:
-        names = None
-        if cfg.data.class_names:
-            from ..data import read_class_names
-
-            names = read_class_names(cfg.data.class_names)
-        save_confusion(result, out_dir, names)
+        save_confusion(result, out_dir, class_names(cfg))
         atomic.write_text(out_dir / "per_class.json", json.dumps(result.per_class))
     return result
 

@@ -44,6 +44,7 @@ from ..runtime.distributed import (
 from .budget import REFERENCE_BATCH, plan
 from .checkpoint import (
     best_metric,
+    check_run_dir,
     latest_checkpoint,
     load_checkpoint,
     prepare_run_dir,
@@ -51,7 +52,7 @@ from .checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from .evaluate import eval_loader, print_summary, run_eval
+from .evaluate import class_names, eval_loader, print_summary, run_eval
 from .loader import build_loader
 from .optim import build_optimizer, set_lr
 from .schedule import lr_at
@@ -232,13 +233,12 @@ def _train(cfg: Config, run_dir: Path, info: DistInfo, *, resume: bool,
     if tc.deterministic:
         make_deterministic(info.device)
     if info.is_main:
-        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
-        save_config(cfg, run_dir / "config.yaml")
-        print(f"resolved config (saved as {run_dir / 'config.yaml'}):\n"
-              + (run_dir / "config.yaml").read_text())
-    barrier(info)
+        check_run_dir(run_dir, resume=resume, overwrite=overwrite)
     start_time = time.perf_counter()
 
+    # everything that can refuse the inputs (weights, lists, batch) before the run
+    # directory is written: a failed start leaves nothing behind
+    finetune = tc.task == "finetune"
     model = build_model(cfg, info)
     train_set = cfg.dataset("train")
     loader = build_loader(train_set, tc.batch_size, info, workers=dc.num_workers,
@@ -250,6 +250,16 @@ def _train(cfg: Config, run_dir: Path, info: DistInfo, *, resume: bool,
         raise ValueError(f"{len(train_set)} training videos make no full batch of "
                          f"{tc.batch_size} x {tc.accum_steps} accumulation x "
                          f"{info.world_size} processes")
+    val_loader = eval_loader(cfg, "val", info) if finetune and dc.val_list else None
+    if finetune and dc.test_list:
+        cfg.dataset("test")
+    class_names(cfg)
+    if info.is_main:
+        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+        save_config(cfg, run_dir / "config.yaml")
+        print(f"resolved config (saved as {run_dir / 'config.yaml'}):\n"
+              + (run_dir / "config.yaml").read_text())
+    barrier(info)
     total_steps = budget.total_steps
     effective, lr = budget.effective_batch, budget.lr
     # fused AdamW on a GPU: one kernel per step, and fp16's inf check without a host sync
@@ -258,7 +268,6 @@ def _train(cfg: Config, run_dir: Path, info: DistInfo, *, resume: bool,
                                 fused=info.device.type == "cuda")
     scaler = torch.amp.GradScaler(info.device.type, enabled=tc.amp == "fp16")
     net = wrap_ddp(model, info)
-    finetune = tc.task == "finetune"
     mixup = (VideoMixup(cfg.model.num_classes, dc.mixup, dc.cutmix, dc.mixup_prob,
                         dc.mixup_switch_prob, dc.label_smoothing)
              if finetune and (dc.mixup > 0 or dc.cutmix > 0) else None)
@@ -285,7 +294,6 @@ def _train(cfg: Config, run_dir: Path, info: DistInfo, *, resume: bool,
     values = {"loss": float("nan")}
 
     model.train()
-    val_loader = None
     while step < stop:
         epoch = step // steps_per_epoch
         loader.sampler.set_epoch(epoch, start=(step % steps_per_epoch) * tc.accum_steps
@@ -324,8 +332,7 @@ def _train(cfg: Config, run_dir: Path, info: DistInfo, *, resume: bool,
         epoch_done = step % steps_per_epoch == 0
         if finetune and dc.val_list and (
                 step >= stop or (epoch_done and (epoch + 1) % tc.eval_every == 0)):
-            val_loader = val_loader or eval_loader(cfg, "val", info)  # its workers persist
-            result = run_eval(cfg, model, "val", info, loader=val_loader)
+            result = run_eval(cfg, model, "val", info, loader=val_loader)  # workers persist
             metrics |= {"val_top1": result.video_top1, "val_top5": result.video_top5}
             model.train()
         logger.log(step, epoch=epoch, **metrics)

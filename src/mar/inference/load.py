@@ -19,8 +19,17 @@ import sys
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
-from ..config import Config, ConfigError, build_config, load_config
+from ..config import (
+    Config,
+    ConfigError,
+    ModelConfig,
+    build_config,
+    load_config,
+    parse_override,
+    read_config,
+)
 from ..masking import MaskingStrategy, make_masking
 from ..models import MAR
 from ..models.io import empty_model, has_decoder, load_weights, read_model_dir, weights_file
@@ -49,23 +58,75 @@ def load_model(path: str | Path, config: str | Path | None = None,
     return model, cfg.model_copy(update={"model": model_cfg})
 
 
+# model settings that training uses and inference ignores: a config may differ in them
+TRAINING_ONLY = frozenset({"drop_path", "head_dropout", "decoder"})
+
+
 def _find_config(folder: Path, config, overrides: list[str], path) -> Config:
-    if config is not None:
+    """The checkpoint's own config defines the model; ``config`` (a YAML file, laid over
+    the checkpoint's config section by section) and the overrides change everything
+    else. A model setting of theirs that differs from the checkpoint's is a
+    :class:`ConfigError` naming the key. Bare weights have no config of their own: then
+    ``config`` and the overrides define everything."""
+    own, own_where = _own_config(folder)
+    if own is None:
+        if config is None and not overrides:
+            raise ConfigError(f"{path}: no config found beside the weights; pass --config "
+                              "or --set key=value settings")
         return load_config(config, overrides)
+    own_model = own.get("model") or {}
+    given, where = read_config(config) if config is not None else ({}, own_where)
+    # the model settings given, the overrides last: each must be the checkpoint's
+    stated = {key: (value, where) for key, value in (given.get("model") or {}).items()}
+    for item in overrides:
+        key, value = parse_override(item)
+        if key.startswith("model."):
+            stated[key.removeprefix("model.")] = (value, "--set")
+    _same_model(own_model, stated, own_where)
+    tree = dict(own)
+    for section, value in given.items():            # the config file, section by section
+        if section != "model":
+            mine = own.get(section)
+            tree[section] = (mine | value if isinstance(mine, dict) and isinstance(value, dict)
+                             else value)
+    tree["train"] = (tree.get("train") or {}) | {
+        "task": (own.get("train") or {}).get("task", "finetune")}
+    rest = [o for o in overrides if not o.strip().startswith("model.")]
+    return build_config(tree, rest, where)
+
+
+def _own_config(folder: Path) -> tuple[dict | None, str]:
+    """The config tree saved with the weights, and where: a checkpoint's config.yaml, a
+    checkpoint of before's state.pt, its run's config.yaml, a model directory's files."""
     if (folder / "config.yaml").is_file():                    # a checkpoint
-        return load_config(folder / "config.yaml", overrides)
+        return read_config(folder / "config.yaml")
     if (folder / "state.pt").is_file():                       # a checkpoint of before
         state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
         if "config" in state:
-            return build_config(state["config"], overrides, f"{folder / 'state.pt'}")
+            return state["config"], str(folder / "state.pt")
     if (folder.parent / "config.yaml").is_file():
-        return load_config(folder.parent / "config.yaml", overrides)
+        return read_config(folder.parent / "config.yaml")
     if (folder / "config.json").is_file():                    # a model directory
-        return build_config(model_dir_tree(folder), overrides, str(folder))
-    if overrides:
-        return load_config(None, overrides)
-    raise ConfigError(f"{path}: no config found beside the weights; pass --config "
-                      "or --set key=value settings")
+        return model_dir_tree(folder), str(folder)
+    return None, ""
+
+
+def _same_model(own: dict, stated: dict[str, tuple], own_where: str) -> None:
+    """Refuse a stated model setting ``key: (value, where)`` that differs from the
+    checkpoint's ``own`` (training-only settings aside)."""
+    base = ModelConfig.model_validate(own)
+    for key, (value, where) in stated.items():
+        if key in TRAINING_ONLY:
+            continue
+        try:
+            new = getattr(ModelConfig.model_validate(own | {key: value}), key)
+        except ValidationError as e:
+            raise ConfigError(f"{where}: model.{key}: "
+                              f"{e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+        if new != getattr(base, key):
+            raise ConfigError(f"{where}: model.{key} is {value!r}, but the checkpoint "
+                              f"({own_where}) was trained with {getattr(base, key)!r}; its "
+                              f"config defines the model: leave model.{key} out")
 
 
 def model_dir_tree(folder: Path) -> dict:
