@@ -236,7 +236,9 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"times": times, "agree": agree,
                                                "videos": [str(v) for v in videos],
-                                               "command_s": command, "help_s": help_s},
+                                               "command_s": command, "help_s": help_s,
+                                               "top5": {a: [top5(r) for r in results[a]]
+                                                        for a in arms}},
                                               indent=1))
 
 

@@ -127,3 +127,32 @@ def test_docs_cli_md_is_the_parser_s_reference():
 
     page = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
     assert page == markdown(), "docs/cli.md is stale: python -m mar.cli.reference > docs/cli.md"
+
+
+def test_a_reader_that_leaves_early_is_not_an_error(tmp_path, monkeypatch, capsys):
+    """`mar configs | head -1`: the pipe closes under the printing command, which exits
+    0 without a traceback or an error line."""
+    import os
+    import sys
+
+    out = open(tmp_path / "stdout", "w")                    # noqa: SIM115 (dup2'd below)
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+        def fileno(self):
+            return out.fileno()
+
+    saved = os.dup(1)
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    try:
+        assert main(["configs"]) == 0
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        out.close()
+    assert capsys.readouterr().err == ""

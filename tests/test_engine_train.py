@@ -40,22 +40,69 @@ def squares(tmp_path_factory):
     return train_list, val_list
 
 
-def test_tiny_mar_model_learns_motion_direction(squares, tmp_path):
+@pytest.fixture(scope="module")
+def learned(squares, tmp_path_factory):
+    """A tiny MAR model trained on moving squares (30 epochs), and its summary."""
     train_list, val_list = squares
     cfg = load_config(TINY_CPU, overrides(train_list, **{
         "data.val_list": str(val_list), "data.test_list": str(val_list),
         "train.epochs": 30, "train.eval_every": 10, "train.base_lr": 1e-3,
         "masking.ratio": 0.5, "train.rec_weight": 0.1}))
-    summary = train(cfg, tmp_path / "run")
+    run = tmp_path_factory.mktemp("learned") / "run"
+    return run, train(cfg, run)
+
+
+def test_tiny_mar_model_learns_motion_direction(learned):
+    run, summary = learned
     # chance is 25 %; the class is only in the motion
     assert summary["test_video_top1"] > 60, summary
-    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    log = [json.loads(line) for line in (run / "metrics.jsonl").open()]
     losses = [r["loss"] for r in log if "loss" in r]
     assert len(losses) == 30 * 6
     assert sum(losses[-12:]) / 12 < 0.7 * sum(losses[:12]) / 12
-    assert (tmp_path / "run" / "confusion.png").is_file()
-    assert (tmp_path / "run" / "config.yaml").is_file()
+    assert (run / "confusion.png").is_file()
+    assert (run / "config.yaml").is_file()
     assert summary["skipped_videos"] == 0 and summary["views"] == 1
+
+
+def test_int8_holds_the_accuracy_gates_on_the_trained_model(learned, squares, tmp_path):
+    """`mar eval --runtime onnxruntime --int8` of the trained model, against torch fp32 on
+    its 72 training and validation videos: top-1 within 0.5 point and the same top-1
+    class on at least 98 % of the videos (docs/deploy.md's gates); the fp32 runtimes
+    agree on every video."""
+    from mar.cli import main
+    from mar.engine.evaluate import merge_views, predict_views
+
+    run, _ = learned
+    both = tmp_path / "both.csv"
+    both.write_text("".join(f"{listed.parent / line}\n" for listed in squares
+                            for line in listed.read_text().splitlines()))
+    from mar.data import read_list, view_loader
+    from mar.inference import load_model
+    from mar.inference.runtime import runtime_model
+
+    model, cfg = load_model(run)
+    masking = cfg.test_masking()
+    records = read_list(both)
+    views = cfg.views_dataset(records, 1, 1)
+    top = {}
+    for runtime, int8 in (("torch", False), ("onnxruntime", False), ("openvino", False),
+                          ("onnxruntime", True)):
+        m = runtime_model(model, masking, run, runtime, int8=int8)
+        out = predict_views(m, view_loader(views, 8), masking)
+        scores, labels, _ = merge_views(out["scores"], out["video"], out["label"],
+                                        out["valid"])
+        top[runtime, int8] = scores.argmax(1)
+    ref = top["torch", False]
+    assert len(ref) == 72
+    accuracy = {k: 100 * (v == labels).float().mean().item() for k, v in top.items()}
+    assert accuracy["torch", False] > 60, accuracy
+    assert torch.equal(top["onnxruntime", False], ref) and torch.equal(top["openvino", False],
+                                                                      ref)
+    assert abs(accuracy["onnxruntime", True] - accuracy["torch", False]) <= 0.5, accuracy
+    assert (top["onnxruntime", True] == ref).float().mean().item() >= 0.98
+    assert main(["eval", "--checkpoint", str(run), "--runtime", "onnxruntime", "--int8",
+                 "--split", "val"]) == 0
 
 
 def _losses(run: Path) -> dict[int, float]:

@@ -108,3 +108,75 @@ def test_shipped_config_trains_resumes_exactly_and_serves(config, tiny_lists, tm
     onnx = tmp_path / "model.onnx"
     assert main(["export", "--checkpoint", str(best), "--out", str(onnx)]) == 0
     assert onnx.stat().st_size > 0
+
+
+@pytest.fixture(scope="module")
+def large_lists(tmp_path_factory) -> dict[str, Path]:
+    """Moving squares as the tiny lists' (16 training videos, not 24) at 64x64: twice
+    the shrunk crop (32), so every decode of a test view really resizes (short side
+    64 -> 32), as 256-480 px videos do for a 224 crop."""
+    from videos import moving_square_dataset
+
+    root = tmp_path_factory.mktemp("large-lists")
+    out = {}
+    for split, per_class, seed in (("train", 4, 0), ("val", 1, 1), ("test", 1, 2)):
+        listed = moving_square_dataset(root / split, per_class, seed=seed, num_frames=16,
+                                       step=1, size=64)
+        lines = [f"{root / split / line}" for line in listed.read_text().splitlines()]
+        out[split] = root / f"{split}.csv"
+        out[split].write_text("\n".join(lines) + "\n")
+    return out
+
+
+WORKERS_CONFIG = ROOT / "configs" / "k400_vit_base_mar50.yaml"
+
+
+@pytest.mark.slow
+def test_shipped_config_with_loader_workers_and_resize(large_lists, tmp_path, capsys):
+    """The K400 MAR 50 % config with 2 loader workers (persistent, the epoch carried by
+    the sampler) and its resize (``short_side`` as shipped: unset, i.e. the crop size,
+    here 32 for 64-px videos): killed after a checkpoint, ``--resume auto`` logs exactly
+    the uninterrupted run's losses (validation each epoch decodes through the resize);
+    then the test views and ``predict`` do."""
+    shipped = yaml.safe_load(WORKERS_CONFIG.read_text())
+    assert "short_side" not in shipped["data"]             # as shipped: the crop size
+    overrides = shrink(WORKERS_CONFIG, large_lists,
+                       **{"train.save_every": 1, "data.test_list": None,
+                          "data.num_workers": 2, "data.short_side": None})
+    cfg = load_config(WORKERS_CONFIG, as_args(overrides))
+    assert cfg.data.num_workers == 2 and cfg.data.repeats == shipped["data"]["repeats"]
+    args = ["train", str(WORKERS_CONFIG), *as_args(overrides)]
+
+    ref = tmp_path / "reference"
+    assert main([*args, "--out", str(ref)]) == 0
+    reference = _losses(ref)
+    # 16 videos / batch 2 / accumulation 4: 2 steps an epoch, 2 epochs
+    assert sorted(reference) == [1, 2, 3, 4] and cfg.train.epochs == 2
+    assert all(v == v for v in reference.values())
+
+    # killed at the epoch boundary: the resumed run starts its loader (and forks its
+    # workers) in epoch 1, where the reference's persistent workers have run since epoch
+    # 0; the batches, and the global RNG stream of dropout and drop path, must match
+    run = tmp_path / "killed"
+    _kill_after_checkpoint([sys.executable, "-m", "mar", *args, "--out", str(run)],
+                           run, step=2)
+    assert main([*args, "--out", str(run), "--resume", "auto"]) == 0
+    assert _losses(run) == reference  # bit for bit with 2 workers
+
+    # the resize: the 64-px test videos' views (the one builder eval and predict use)
+    # are decoded at short side 32 and come out at the 32-px crop
+    from mar.data import VideoRecord
+
+    records = [VideoRecord(line.split()[0], int(line.split()[1]))
+               for line in large_lists["test"].read_text().splitlines()]
+    views = cfg.data.test_clips * cfg.data.test_crops
+    item = cfg.views_dataset(records, cfg.data.test_clips, cfg.data.test_crops)[0]
+    assert item["valid"], item["error"]
+    assert tuple(item["video"].shape) == (views, 3, 4, 32, 32)
+    assert item["timing"]["decode"] > 0
+
+    capsys.readouterr()
+    video = Path(large_lists["test"].read_text().split()[0])
+    assert main(["predict", str(video), "--checkpoint", str(run / "best"), "--json"]) == 0
+    (prediction,) = json.loads(capsys.readouterr().out)
+    assert prediction["error"] is None and prediction["views"] == views

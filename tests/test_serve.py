@@ -285,7 +285,37 @@ def test_pictures_show_the_masked_tokens_and_the_reconstruction(server):
         image = Image.open(io.BytesIO(base64.b64decode(data)))
         sizes.add(image.size)
     assert len(sizes) == 1                          # three strips of the same frames
-    assert pictures["original"] != pictures["masked"] != pictures["reconstruction"]
+    # decode the strips: 8 frames of 64 x 64 side by side, scaled 2x (nearest) to 128 high
+    import numpy as np
+
+    from mar.masking import make_masking
+
+    strips = {k: np.asarray(Image.open(io.BytesIO(base64.b64decode(
+        pictures[k].split(",", 1)[1]))).convert("RGB")).astype(np.int16)
+        for k in ("original", "masked", "reconstruction")}
+    frames, side, patch, tubelet, scale = KWARGS["num_frames"], KWARGS["img_size"], \
+        KWARGS["patch_size"], 2, 2
+    assert strips["original"].shape == (side * scale, frames * side * scale, 3)
+    grid = (frames // tubelet, side // patch, side // patch)
+    hidden = make_masking("cell_running", 0.5)(1, grid, train=False).bool()[0].view(grid)
+    cover = hidden.repeat_interleave(tubelet, 0).repeat_interleave(patch * scale, 1) \
+        .repeat_interleave(patch * scale, 2)                       # (T, H, W) pixels
+    cover = cover.permute(1, 0, 2).reshape(side * scale, -1).numpy()  # as the strip
+    assert cover.mean() == 0.5
+    original, masked, rebuilt = strips["original"], strips["masked"], strips["reconstruction"]
+    # the masked picture greys exactly the masked tokens' pixels, and keeps the others
+    assert (masked[cover] == 128).all()
+    assert np.array_equal(masked[~cover], original[~cover])
+    assert not (original[cover] == 128).all()                     # greying is visible
+    # the reconstruction keeps the visible pixels and fills the masked ones with the
+    # decoder's prediction (mapped back with each patch's mean and std): closer to the
+    # input than uniform noise (by half: noise drawn into the masked pixels would match
+    # the noise's own error) and than the flat grey it replaces
+    assert np.array_equal(rebuilt[~cover], original[~cover])
+    noise = np.random.default_rng(0).integers(0, 256, original.shape)
+    error = {name: np.abs(x[cover] - original[cover]).mean()
+             for name, x in (("rebuilt", rebuilt), ("noise", noise), ("grey", masked))}
+    assert error["rebuilt"] < 0.5 * error["noise"] and error["rebuilt"] < error["grey"], error
 
 
 def test_busy_and_timeout_answers(model_dir):

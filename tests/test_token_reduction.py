@@ -16,6 +16,7 @@ from mar.models.token_reduction import (
     pad_kept,
     rlt_keep,
     tubelet_change,
+    weighted_mean,
 )
 
 FRAMES, SIZE, PATCH = 8, 32, 8          # grid (4, 4, 4): 64 tokens
@@ -96,12 +97,23 @@ def test_counts_and_shapes():
 
 def test_random_drop_is_seeded_and_differs_per_clip():
     m = model()
-    video = torch.randn(4, 3, FRAMES, SIZE, SIZE)
+    clip = torch.randn(1, 3, FRAMES, SIZE, SIZE)
+    video = clip.expand(4, -1, -1, -1, -1).contiguous()     # the same clip four times
     with torch.no_grad():
-        a = TokenReduction(m, "random", ratio=0.5, seed=3)(video)
+        drop = TokenReduction(m, "random", ratio=0.5, seed=3)
+        tokens = drop.forward_features(video)
+        a = drop.forward_head(tokens)
         b = TokenReduction(m, "random", ratio=0.5, seed=3)(video)
         c = TokenReduction(m, "random", ratio=0.5, seed=4)(video)
+        # each clip's logits are the model's under that clip's own mask
+        for i in range(4):
+            row = Mask(tokens.mask.ids_keep[i:i + 1], tokens.mask.ids_mask[i:i + 1], GRID)
+            torch.testing.assert_close(a[i:i + 1], m.classify(clip, row))
     assert torch.equal(a, b) and not torch.allclose(a, c)
+    kept = {tuple(row) for row in tokens.mask.ids_keep.tolist()}
+    assert len(kept) == 4                                   # four different masks ...
+    for i in range(1, 4):                                   # ... so four different outputs
+        assert not torch.allclose(a[0], a[i])
 
 
 def test_merge_conserves_size_weighted_mass():
@@ -135,6 +147,37 @@ def test_tome_sizes_sum_to_the_token_count(head):
     assert tokens.x.shape[1] == N - 24
     assert tokens.weights.sum(1).tolist() == [float(N)] * 2
     assert bool((tokens.weights >= 1).all()) and bool((tokens.weights > 1).any())
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_tome_proportional_attention_reproduces_duplicated_tokens(head):
+    """Merging two identical tokens into one of size 2 changes nothing when attention is
+    proportional (log size added to the logits): the merged model equals the full one."""
+    m = model(head)
+    m.encoder.pos_embed.zero_()                 # so equal pixels give equal tokens
+    g = torch.Generator().manual_seed(5)
+    video = torch.randn(2, 3, FRAMES, SIZE, SIZE, generator=g)
+    # token order (t, h, w); ToMe's sets A/B are even/odd positions, i.e. patch columns
+    # (0, 1) and (2, 3) of a row.  Copy column 0 onto column 1 in rows 0-1 of every
+    # tubelet: 8 A tokens then have an exact duplicate in B, the others none.
+    video[..., :2 * PATCH, PATCH:2 * PATCH] = video[..., :2 * PATCH, :PATCH]
+    r = 8
+    with torch.no_grad():
+        tokens = m.encoder.embed(video)
+        dup = tokens[:, 0::2] - tokens[:, 1::2]
+        assert int((dup.abs().amax(-1) == 0).sum()) == 2 * r   # 8 duplicate pairs a clip
+        full = m.classify(video)
+        reducer = TokenReduction(m, "tome", tome_r=[r, 0, 0, 0])
+        merged = reducer.forward_features(video)
+        assert merged.x.shape[1] == N - r
+        assert sorted(merged.weights[0].tolist()) == [1.0] * (N - 2 * r) + [2.0] * r
+        assert sorted(merged.weights[1].tolist()) == [1.0] * (N - 2 * r) + [2.0] * r
+        # the encoder: size-weighted pooled tokens equal the full model's mean token
+        torch.testing.assert_close(weighted_mean(merged.x, merged.weights),
+                                   m.forward_features(video).mean(1), rtol=1e-5, atol=1e-5)
+        # the head (the bridging head attends too); a linear head's logits are ~1e-4
+        logits = reducer.forward_head(merged)
+        torch.testing.assert_close(logits, full, rtol=1e-5, atol=1e-5 * full.abs().max().item())
 
 
 def test_rlt_drops_only_static_tubelets():

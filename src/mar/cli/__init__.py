@@ -9,6 +9,7 @@ the parser imports no torch.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import (
@@ -26,7 +27,7 @@ from . import (
     train,
     visualize,
 )
-from .options import EXIT_CODES, USAGE
+from .options import EXIT_CODES, OK, USAGE
 
 COMMANDS = (train, eval, predict, extract, serve, export, visualize, convert, flops, recipe,
             configs, data, demo)
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
+    except BrokenPipeError:  # `mar configs | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return OK
     except (ValueError, RuntimeError, OSError) as e:  # ConfigError is a ValueError
         print(f"mar {args.command}: error: {e}", file=sys.stderr)
         return USAGE

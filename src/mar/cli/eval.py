@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from .options import add_mask_ratio, add_model, add_reduce, load_for_command, reduced
+from .options import (
+    add_mask_ratio,
+    add_model,
+    add_reduce,
+    add_runtime,
+    load_for_command,
+    reduced,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("items", nargs="*", metavar="[CONFIG] [KEY=VALUE]",
                    help="a config and overrides (the same as --config and --set)")
     add_model(p, amp_default=None)
+    add_runtime(p)
     add_mask_ratio(p)
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--out", help="write eval.json, confusion.csv/png, per_class.json here")
@@ -32,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.load import describe_masking
     from ..runtime.distributed import init_distributed, shutdown
 
+    if args.runtime != "torch" and args.device == "auto":
+        args.device = "cpu"                       # the other runtimes run on the CPU
     info = init_distributed(args.device)
     try:
         args.device = info.device  # this process's GPU under torchrun

@@ -13,6 +13,7 @@ Nothing here imports torch: ``mar --help`` and argument errors answer at once.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..errors import ConfigError
 
@@ -22,6 +23,7 @@ EXIT_CODES = ("exit codes: 0 ok; 1 some inputs failed (the rest done); 2 usage o
 DEVICES = "auto|cpu|cuda[:N]"
 AMP_CHOICES = ("none", "bf16", "fp16")
 REDUCTIONS = ("random", "tome", "rlt", "rlt+mar")
+RUNTIMES = ("torch", "onnxruntime", "openvino")  # mar.inference.runtime.RUNTIMES
 
 
 def add_set(p: argparse.ArgumentParser) -> None:
@@ -54,6 +56,17 @@ def add_model(p: argparse.ArgumentParser, *, required: bool = True,
     p.add_argument("--config", help="the run's config (default: the one beside the weights)")
     add_set(p)
     add_device(p, amp_default=amp_default)
+
+
+def add_runtime(p: argparse.ArgumentParser) -> None:
+    """``--runtime`` and ``--int8`` (:mod:`mar.inference.runtime`)."""
+    p.add_argument("--runtime", choices=RUNTIMES, default="torch",
+                   help="what runs the model: torch (any device), or on the CPU the masked "
+                   "graph exported to ONNX Runtime or OpenVINO, cached beside the weights "
+                   "(default: %(default)s; docs/deploy.md)")
+    p.add_argument("--int8", action="store_true",
+                   help="with --runtime onnxruntime: int8 weights per channel, activations "
+                   "quantised at run time")
 
 
 def add_mask_ratio(p: argparse.ArgumentParser | argparse._ActionsContainer) -> None:
@@ -111,8 +124,18 @@ def load_for_command(args: argparse.Namespace):
     from ..inference.load import eval_masking, load_model
 
     config, overrides = config_and_overrides(args)
-    model, cfg = load_model(args.checkpoint, config, overrides, device=args.device)
+    runtime, int8 = getattr(args, "runtime", "torch"), getattr(args, "int8", False)
+    if runtime != "torch" and getattr(args, "reduce", None):
+        raise ConfigError(f"--reduce runs on --runtime torch, not {runtime}")
+    device = "cpu" if runtime != "torch" and str(args.device) == "auto" else args.device
+    model, cfg = load_model(args.checkpoint, config, overrides, device=device)
     masking = eval_masking(cfg, getattr(args, "mask_ratio", None))
+    if runtime != "torch" or int8:
+        from ..inference.runtime import runtime_model
+
+        model = runtime_model(model, masking, args.checkpoint, runtime, int8=int8,
+                              amp=args.amp)
+        print(model.describe(), file=sys.stderr)
     return model, cfg, masking
 
 

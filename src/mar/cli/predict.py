@@ -16,6 +16,7 @@ from .options import (
     add_mask_ratio,
     add_model,
     add_reduce,
+    add_runtime,
     add_views_per_call,
     load_for_command,
     reduced,
@@ -31,6 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "--device cuda`.")
     p.add_argument("videos", nargs="+", help="video files and/or folders of videos")
     add_model(p)
+    add_runtime(p)
     p.add_argument("--class-names", help="class-name file (default: data.class_names)")
     add_mask_ratio(p)
     p.add_argument("--topk", type=int, default=5)

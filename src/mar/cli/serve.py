@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 
 from ..errors import ConfigError
-from .options import add_mask_ratio, add_model
+from .options import add_mask_ratio, add_model, add_runtime
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 DESCRIPTION = ("Serve a model over HTTP: POST /v1/predict (multipart video upload -> top-k "
@@ -20,6 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="HTTP inference server with a web page",
                        description=DESCRIPTION)
     add_model(p)
+    add_runtime(p)
     p.add_argument("--class-names", help="class-name file (default: data.class_names)")
     add_mask_ratio(p)
     p.add_argument("--host", default="127.0.0.1",
@@ -36,12 +38,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="largest upload, in MiB; larger: 413 (default: %(default)s)")
     p.add_argument("--max-frames", type=int, default=9000,
                    help="longest video, in frames; longer: 413 (default: %(default)s)")
+    p.add_argument("--max-frame-pixels", type=int, default=3840 * 2160, metavar="N",
+                   help="largest frame, width x height in pixels, from the probe; larger: "
+                   "413 (default: %(default)s, 3840x2160)")
+    p.add_argument("--max-pixels", type=int, default=1920 * 1080 * 9000, metavar="N",
+                   help="most pixels one upload decodes, width x height x frames, from the "
+                   "probe; more: 413 (default: %(default)s, 9000 frames of 1920x1080)")
+    p.add_argument("--upload-timeout-s", type=float, default=60.0,
+                   help="seconds to receive a whole upload, from its admission; later: 408 "
+                   "(default: %(default)s)")
+    p.add_argument("--max-uploads", type=int, default=64,
+                   help="uploads being received at once; more: 429 (default: %(default)s)")
     p.add_argument("--timeout-s", type=float, default=60.0,
                    help="seconds from the end of an upload to its answer; later: 504 "
                    "(default: %(default)s)")
     p.add_argument("--queue-size", type=int, default=32,
-                   help="prediction requests in flight at once; more: 429 "
-                   "(default: %(default)s)")
+                   help="prediction requests at the model at once (decoding, queued or "
+                   "running; taken after the upload); more: 429 (default: %(default)s)")
     p.add_argument("--decode-workers", type=int, default=2,
                    help="threads decoding uploads (default: %(default)s)")
     p.add_argument("--max-windows", type=int, default=1000,
@@ -58,11 +71,11 @@ def settings_from(args: argparse.Namespace):
     from ..serve.app import ServeSettings
 
     for flag in ("max_batch_size", "max_frames", "queue_size", "decode_workers", "topk",
-                 "max_windows"):
+                 "max_windows", "max_frame_pixels", "max_pixels", "max_uploads"):
         if getattr(args, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1, "
                               f"got {getattr(args, flag)}")
-    for flag in ("max_upload_mb", "timeout_s"):
+    for flag in ("max_upload_mb", "timeout_s", "upload_timeout_s"):
         if getattr(args, flag) <= 0:
             raise ConfigError(f"--{flag.replace('_', '-')} must be positive, "
                               f"got {getattr(args, flag)}")
@@ -71,10 +84,12 @@ def settings_from(args: argparse.Namespace):
     return ServeSettings(
         checkpoint=args.checkpoint, config=args.config, overrides=tuple(args.set),
         class_names=args.class_names, mask_ratio=args.mask_ratio, device=args.device,
-        amp=args.amp,
+        amp=args.amp, runtime=args.runtime, int8=args.int8,
         token=args.token or None, max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms, max_upload_mb=args.max_upload_mb,
-        max_frames=args.max_frames, timeout_s=args.timeout_s, queue_size=args.queue_size,
+        max_frames=args.max_frames, max_frame_pixels=args.max_frame_pixels,
+        max_pixels=args.max_pixels, upload_timeout_s=args.upload_timeout_s,
+        max_uploads=args.max_uploads, timeout_s=args.timeout_s, queue_size=args.queue_size,
         decode_workers=args.decode_workers, topk=args.topk, max_windows=args.max_windows)
 
 
@@ -86,11 +101,13 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise RuntimeError(f"mar serve needs the 'serve' extra ({e.name} is not installed): "
                            "pip install -e \".[serve]\"") from None
+    from ..inference.runtime import check_runtime
     from ..models.io import weights_file
     from ..runtime.device import resolve_device
 
     weights_file(args.checkpoint)  # a wrong path fails now, not in the loading thread
     resolve_device(args.device)    # and so does a device this machine lacks
+    check_runtime(args.runtime, args.int8, args.amp)   # and a runtime it cannot run
     settings = settings_from(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
     if args.host not in LOCAL_HOSTS and not settings.token:
@@ -106,9 +123,11 @@ def run(args: argparse.Namespace) -> int:
             server.should_exit = True
 
     app = create_app(settings, on_load_error)
-    # in-flight requests finish on shutdown; none can outlast --timeout-s after its upload
+    # requests in flight finish on shutdown: none outlasts its upload deadline and then
+    # --timeout-s
+    grace = math.ceil(settings.upload_timeout_s + settings.timeout_s) + 5
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                            timeout_graceful_shutdown=int(settings.timeout_s) + 5)
+                            timeout_graceful_shutdown=grace)
     server = uvicorn.Server(config)
     server.run()
     if failed:

@@ -108,6 +108,9 @@ def to_device(x, device: torch.device):
     return x.to(device, non_blocking=True)
 
 
-def model_device(model: torch.nn.Module) -> torch.device:
-    """The device a model's parameters are on."""
+def model_device(model) -> torch.device:
+    """The device a model's parameters are on (a compiled runtime model says its own)."""
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
     return next(model.parameters()).device

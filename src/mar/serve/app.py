@@ -4,18 +4,25 @@ Routes: ``POST /v1/predict`` (multipart upload -> top-k JSON; with ``window`` an
 ``stride`` also the per-window timeline of ``mar predict --window``), ``GET /healthz``
 (the process answers), ``GET /readyz`` (the model is loaded and warmed up),
 ``GET /metrics`` (Prometheus text), ``GET /`` (the web page). Every error is JSON,
-``{"error": CODE, "detail": ONE LINE}``, with its status: 401 bad or missing token, 413
-upload or video too large, 422 missing or bad field or not a decodable video, 429 too
-many requests in flight, 503 loading or shutting down, 504 past the request timeout.
+``{"error": CODE, "detail": ONE LINE}``, with its status: 401 bad or missing token, 408
+upload not received within ``--upload-timeout-s``, 413 upload too large or video too
+long or too large (frames, pixels per frame, pixels in all), 422 missing or bad field or
+not a decodable video, 429 too many uploads in progress or too many requests at the
+model, 500 an internal error (a generic detail and a ``request_id``; the log has the
+exception under that id), 503 loading or shutting down, 504 past the request timeout.
+Every response carries its request id in the ``X-Request-ID`` header.
 
-A request goes: admission (token, readiness, in-flight bound; before the body is read) ->
-upload (size-limited while it is received) -> decode (thread pool) -> micro-batcher
-(one model thread) -> answer. A timeline runs after the decode, in the same decode
-thread, outside the batcher (a stream of windows, :meth:`ServedModel.timeline`); its
-model calls and the batcher's take turns under one lock. The model loads in a background
-thread so ``/healthz`` answers at once; ``/readyz`` and predictions wait for it. On
-SIGTERM/SIGINT uvicorn stops accepting connections and lets requests in flight finish;
-then the batcher drains.
+A request goes: admission (token, readiness, ``Content-Length``, the bound on uploads in
+progress; before the body is read) -> upload (size-limited while it is received, and
+within the upload deadline) -> a model slot (the in-flight bound, ``--queue-size``:
+taken only once the whole body is in, so slow uploads never hold one) -> decode (thread
+pool; the probe's frame count and size are checked before anything is decoded) ->
+micro-batcher (one model thread) -> answer. A timeline runs after the decode, in the
+same decode thread, outside the batcher (a stream of windows,
+:meth:`ServedModel.timeline`); its model calls and the batcher's take turns under one
+lock. The model loads in a background thread so ``/healthz`` answers at once;
+``/readyz`` and predictions wait for it. On SIGTERM/SIGINT uvicorn stops accepting
+connections and lets requests in flight finish; then the batcher drains.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -50,6 +58,7 @@ from .predictor import (
     InvalidTimeline,
     ServedModel,
     TimelineTimeout,
+    VideoTooLarge,
     VideoTooLong,
 )
 
@@ -69,13 +78,19 @@ class ServeSettings:
     mask_ratio: float | None = None
     device: str = "auto"
     amp: str = "none"
+    runtime: str = "torch"          # what runs the model (mar.inference.runtime)
+    int8: bool = False
     token: str | None = None
     max_batch_size: int = 16        # views per model call
     max_wait_ms: float = 10.0       # how long the first request of a batch waits for others
     max_upload_mb: float = 100.0
     max_frames: int = 9000          # 5 minutes at 30 fps
+    max_pixels: int = 1920 * 1080 * 9000  # width x height x frames: --max-frames at 1080p
+    max_frame_pixels: int = 3840 * 2160   # width x height: 4K UHD
+    upload_timeout_s: float = 60.0  # admission -> the whole body received
+    max_uploads: int = 64           # uploads being received at once
     timeout_s: float = 60.0         # end of upload -> answer
-    queue_size: int = 32            # prediction requests in flight at once
+    queue_size: int = 32            # prediction requests at the model (decode, queue, model)
     decode_workers: int = 2
     topk: int = 5
     max_windows: int = 1000         # windows per timeline request
@@ -85,14 +100,26 @@ class ServeSettings:
         return int(self.max_upload_mb * 1024 * 1024)
 
 
-def error(status: int, code: str, detail: str, headers: dict | None = None) -> JSONResponse:
-    """The JSON body of every error: ``{"error": code, "detail": detail}``."""
-    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+def error(status: int, code: str, detail: str, headers: dict | None = None,
+          **extra) -> JSONResponse:
+    """The JSON body of every error: ``{"error": code, "detail": detail}`` (and
+    ``extra``'s fields)."""
+    return JSONResponse({"error": code, "detail": detail, **extra}, status_code=status,
+                        headers=headers)
 
 
 def upload_too_large(settings: ServeSettings) -> JSONResponse:
     return error(413, "upload_too_large", f"the upload is over the limit of "
                  f"{settings.max_upload_mb:g} MiB (--max-upload-mb)")
+
+
+def busy(count: int, what: str, flag: str) -> JSONResponse:
+    return error(429, "busy", f"{count} {what} already ({flag}); retry shortly",
+                 {"Retry-After": "1"})
+
+
+class UploadTimeout(Exception):
+    """The body of a request did not arrive within ``--upload-timeout-s``."""
 
 
 class ServerState:
@@ -104,9 +131,10 @@ class ServerState:
         self.on_load_error = on_load_error
         self.served: ServedModel | None = None
         self.batcher: MicroBatcher | None = None
-        self.load_error: str | None = None
+        self.load_error: str | None = None   # for the log; clients get not_ready_detail
         self.closing = False
-        self.inflight = 0
+        self.inflight = 0    # requests holding a model slot (--queue-size)
+        self.uploads = 0     # requests whose body is being received (--max-uploads)
         self.metrics = ServeMetrics(lambda: self.batcher.depth if self.batcher else 0)
         self.decode_pool = ThreadPoolExecutor(settings.decode_workers,
                                               thread_name_prefix="mar-decode")
@@ -115,6 +143,23 @@ class ServerState:
     def ready(self) -> bool:
         return self.batcher is not None and not self.closing
 
+    def not_ready_detail(self) -> str:
+        """Why the server does not predict, for a client: no paths, no exception text
+        (the log has the load error)."""
+        if self.closing:
+            return "the server is shutting down"
+        if self.load_error is not None:
+            return "the model failed to load (the server's log says why)"
+        return "the model is still loading (see GET /readyz)"
+
+    def count_uploads(self, change: int) -> None:
+        self.uploads += change
+        self.metrics.uploads.set(self.uploads)
+
+    def count_inflight(self, change: int) -> None:
+        self.inflight += change
+        self.metrics.inflight.set(self.inflight)
+
     def load(self) -> None:
         """Load and warm up the model, then start the batcher (in a background thread)."""
         s = self.settings
@@ -122,7 +167,7 @@ class ServerState:
             start = time.perf_counter()
             served = ServedModel(s.checkpoint, s.config, list(s.overrides), s.class_names,
                                  s.mask_ratio, s.device, decode_timeout=s.timeout_s,
-                                 amp=s.amp)
+                                 amp=s.amp, runtime=s.runtime, int8=s.int8)
             served.warm_up((1, s.max_batch_size))
             self.served = served
             self.batcher = MicroBatcher(served.scores, s.max_batch_size, s.max_wait_ms / 1000,
@@ -146,16 +191,35 @@ class ServerState:
         self.decode_pool.shutdown(wait=True)
 
 
+def request_id(request: Request) -> str:
+    """The id :class:`Admission` gave this request (``X-Request-ID``)."""
+    return getattr(request.state, "request_id", None) or uuid.uuid4().hex
+
+
 class Admission:
-    """ASGI middleware: the checks made before a request's body is read (bearer token,
-    readiness, the in-flight bound), and the per-status count of predictions."""
+    """ASGI middleware: a request id for every request (``X-Request-ID``); for
+    predictions, the checks made before the body is read (bearer token, readiness,
+    ``Content-Length``, the bound on uploads in progress), the upload deadline, and the
+    per-status count."""
 
     def __init__(self, app, state: ServerState):
         self.app = app
         self.state = state
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] not in PROTECTED:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        rid = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        outer_send = send
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()),
+                                                  (b"x-request-id", rid.encode())]}
+            await outer_send(message)
+
+        if scope["path"] not in PROTECTED:
             return await self.app(scope, receive, send)
         if scope["path"] != "/v1/predict":
             return await self._authorized(scope, receive, send, self.app)
@@ -166,10 +230,15 @@ class Admission:
                 codes.append(message["status"])
             await send(message)
 
+        failed = False
         try:
             await self._authorized(scope, receive, counting_send, self._admit)
+        except Exception:
+            failed = True   # answered 500 by the exception handler, outside this middleware
+            raise
         finally:
-            self.state.metrics.requests.labels(str(codes[0] if codes else 499)).inc()
+            code = codes[0] if codes else 500 if failed else 499
+            self.state.metrics.requests.labels(str(code)).inc()
 
     async def _authorized(self, scope, receive, send, app):
         token = self.state.settings.token
@@ -184,28 +253,69 @@ class Admission:
         await app(scope, receive, send)
 
     async def _admit(self, scope, receive, send):
-        state = self.state
+        state, s = self.state, self.state.settings
         if not state.ready:
-            detail = ("the server is shutting down" if state.closing else
-                      state.load_error or "the model is still loading (see GET /readyz)")
-            return await error(503, "not_ready", detail, {"Retry-After": "5"})(
-                scope, receive, send)
+            return await error(503, "not_ready", state.not_ready_detail(),
+                               {"Retry-After": "5"})(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > state.settings.max_upload_bytes:
+        if length.isdigit() and int(length) > s.max_upload_bytes:
             # a body without Content-Length is counted as it arrives (the route's limit)
-            return await upload_too_large(state.settings)(scope, receive, send)
-        limit = state.settings.queue_size
-        if state.inflight >= limit:
-            return await error(429, "busy", f"{limit} requests in flight already "
-                               "(--queue-size); retry shortly", {"Retry-After": "1"})(
+            return await upload_too_large(s)(scope, receive, send)
+        if state.inflight >= s.queue_size:   # no slot would be free: spare the upload
+            return await busy(s.queue_size, "requests at the model", "--queue-size")(
                 scope, receive, send)
-        state.inflight += 1
-        state.metrics.inflight.set(state.inflight)
+        if state.uploads >= s.max_uploads:
+            return await busy(s.max_uploads, "uploads in progress", "--max-uploads")(
+                scope, receive, send)
+        await self._upload(scope, receive, send)
+
+    async def _upload(self, scope, receive, send):
+        """Run the app with the body received within ``--upload-timeout-s`` of now, the
+        request counted as an upload until its last body message (or the deadline); past
+        the deadline, whatever the app answers is replaced by 408."""
+        state, s = self.state, self.state.settings
+        deadline = asyncio.get_running_loop().time() + s.upload_timeout_s
+        receiving, timed_out = True, False
+        state.count_uploads(1)
+
+        def upload_done():
+            nonlocal receiving
+            if receiving:
+                receiving = False
+                state.count_uploads(-1)
+
+        async def timed_receive():
+            nonlocal timed_out
+            if not receiving:   # the body is in: later receives wait for a disconnect
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                timed_out = True
+                upload_done()
+                raise UploadTimeout from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                upload_done()   # the last body message, or the client went away
+            return message
+
+        async def guarded_send(message):
+            if not timed_out:   # the app's answer to the body it could not read
+                await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, timed_receive, guarded_send)
+        except Exception:
+            if not timed_out:
+                raise
         finally:
-            state.inflight -= 1
-            state.metrics.inflight.set(state.inflight)
+            upload_done()
+        if timed_out:
+            log.info("request %s: upload not received within %g s", scope["state"]
+                     ["request_id"], s.upload_timeout_s)
+            await error(408, "upload_timeout", f"the upload did not arrive within "
+                        f"{s.upload_timeout_s:g} s (--upload-timeout-s)",
+                        {"Connection": "close"})(scope, receive, send)
 
 
 @dataclass(frozen=True)
@@ -263,7 +373,8 @@ def decode_upload(served: ServedModel, file: BinaryIO, filename: str,
         shutil.copyfileobj(file, tmp)
         tmp.flush()
         try:
-            out = Processed(served.decode(tmp.name, settings.max_frames))
+            out = Processed(served.decode(tmp.name, settings.max_frames,
+                                          settings.max_pixels, settings.max_frame_pixels))
             if timeline is None:
                 return out
             served.check_timeline(out.decoded, timeline.window, timeline.stride,
@@ -273,7 +384,7 @@ def decode_upload(served: ServedModel, file: BinaryIO, filename: str,
                                  timeline.smooth, settings.max_batch_size,
                                  deadline - time.monotonic())
             out.timeline_s = time.perf_counter() - start
-        except (DecodeError, VideoTooLong, TimelineTimeout) as e:
+        except (DecodeError, VideoTooLong, VideoTooLarge, TimelineTimeout) as e:
             raise type(e)(str(e).replace(tmp.name, filename)) from None
     out.timeline = tl.to_json(topk, lambda c: served.label(c) or str(c)) | {
         "video": filename}
@@ -315,8 +426,13 @@ def create_app(settings: ServeSettings,
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):
-        log.exception("%s %s failed", request.method, request.url.path)
-        return error(500, "internal", f"{type(exc).__name__}: {exc}".splitlines()[0])
+        # the detail stays in the log: exception text can hold paths and internals
+        rid = request_id(request)
+        log.error("request %s: %s %s failed: %s: %s", rid, request.method,
+                  request.url.path, type(exc).__name__, exc, exc_info=exc)
+        return error(500, "internal", "internal server error; the server's log has the "
+                     f"detail under request id {rid}", {"X-Request-ID": rid},
+                     request_id=rid)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index():
@@ -329,13 +445,13 @@ def create_app(settings: ServeSettings,
     @app.get("/readyz")
     async def readyz():
         if not state.ready:
-            detail = ("the server is shutting down" if state.closing else
-                      state.load_error or "the model is still loading")
-            return error(503, "not_ready", detail)
+            return error(503, "not_ready", state.not_ready_detail())
         served = state.served
+        # what a client needs (no filesystem paths: /readyz is open even with --token)
         return {"status": "ready", "model": model_info(served),
                 "masking": served.masking_info, "gflops_per_view": served.gflops,
-                "views": served.num_views}
+                "views": served.num_views, "device": str(served.device),
+                "limits": limits_info(settings)}
 
     @app.get("/metrics")
     async def metrics():
@@ -363,6 +479,18 @@ def create_app(settings: ServeSettings,
             timeline = timeline_request(window, stride, smooth)
         except ValueError as e:
             return error(422, "invalid_request", str(e))
+        # the model slot: taken only now, with the whole upload received
+        if state.inflight >= settings.queue_size:
+            return busy(settings.queue_size, "requests at the model", "--queue-size")
+        state.count_inflight(1)
+        try:
+            return await answer(served, batcher, video, topk, pictures, timeline)
+        finally:
+            state.count_inflight(-1)
+
+    async def answer(served: ServedModel, batcher: MicroBatcher, video: UploadFile,
+                     topk: int, pictures: bool, timeline: TimelineRequest | None):
+        """Decode, score and answer one upload (holding a model slot)."""
         start = time.perf_counter()
         deadline = time.monotonic() + settings.timeout_s
         name = video.filename or "upload"
@@ -385,6 +513,8 @@ def create_app(settings: ServeSettings,
                          "(--timeout-s)")
         except VideoTooLong as e:
             return error(413, "video_too_long", str(e))
+        except VideoTooLarge as e:
+            return error(413, "video_too_large", str(e))
         except InvalidTimeline as e:
             return error(422, "invalid_request", str(e))
         except DecodeError as e:
@@ -424,8 +554,16 @@ def create_app(settings: ServeSettings,
 
 
 def model_info(served: ServedModel) -> dict:
+    """The model as clients see it (no checkpoint path: the log has that)."""
     m = served.cfg.model
     return {"name": m.name, "head": m.head, "num_classes": m.num_classes,
             "num_frames": m.num_frames, "img_size": m.img_size,
-            "decoder": served.model.decoder is not None, "checkpoint": served.checkpoint,
-            "class_names": served.names is not None}
+            "decoder": served.model.decoder is not None,
+            "class_names": served.names is not None, "runtime": served.runtime}
+
+
+def limits_info(s: ServeSettings) -> dict:
+    """The limits an upload must keep (``GET /readyz``)."""
+    return {"max_upload_mb": s.max_upload_mb, "upload_timeout_s": s.upload_timeout_s,
+            "max_frames": s.max_frames, "max_frame_pixels": s.max_frame_pixels,
+            "max_pixels": s.max_pixels, "timeout_s": s.timeout_s}

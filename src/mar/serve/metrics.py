@@ -21,7 +21,7 @@ class ServeMetrics:
     """``mar_requests_total{code}``, ``mar_request_seconds{stage}`` (decode, queue, model,
     total; timeline for requests that ask for one), ``mar_batch_views`` and
     ``mar_batch_requests`` per model call, ``mar_queue_depth``, ``mar_inflight_requests``,
-    ``mar_ready``."""
+    ``mar_uploads_in_progress``, ``mar_ready``."""
 
     def __init__(self, queue_depth: Callable[[], int] = lambda: 0):
         self.registry = CollectorRegistry()
@@ -39,8 +39,11 @@ class ServeMetrics:
         self.queue_depth = Gauge("mar_queue_depth", "requests waiting for the model",
                                  registry=r)
         self.queue_depth.set_function(queue_depth)
-        self.inflight = Gauge("mar_inflight_requests", "prediction requests admitted and "
-                              "not yet answered (--queue-size bounds it)", registry=r)
+        self.inflight = Gauge("mar_inflight_requests", "prediction requests holding a "
+                              "model slot: uploaded, not yet answered (--queue-size bounds "
+                              "it)", registry=r)
+        self.uploads = Gauge("mar_uploads_in_progress", "prediction requests whose upload "
+                             "is being received (--max-uploads bounds it)", registry=r)
         self.ready = Gauge("mar_ready", "1 once the model is loaded and warmed up",
                            registry=r)
 

@@ -34,6 +34,7 @@ from ..data import DecodeError, VideoRecord, make_backend, read_class_names
 from ..data.windows import window_starts
 from ..flops import model_cost
 from ..inference.load import describe_masking, eval_masking, load_model
+from ..inference.runtime import runtime_model
 from ..inference.score import score
 from ..inference.timeline import Timeline, predict_timeline
 from ..inference.visualize import reconstruct
@@ -43,6 +44,12 @@ from ..runtime.device import model_device
 
 class VideoTooLong(ValueError):
     """An upload with more frames than the server accepts (``--max-frames``)."""
+
+
+class VideoTooLarge(ValueError):
+    """An upload whose frames are larger than the server accepts (``--max-frame-pixels``,
+    width x height) or which decodes more pixels in all than it accepts (``--max-pixels``,
+    width x height x frames)."""
 
 
 class InvalidTimeline(ValueError):
@@ -73,13 +80,23 @@ class ServedModel:
     def __init__(self, checkpoint: str | Path, config: str | Path | None = None,
                  overrides: list[str] = (), class_names: str | Path | None = None,
                  mask_ratio: float | None = None, device: str = "auto",
-                 decode_timeout: float | None = None, amp: str = "none"):
+                 decode_timeout: float | None = None, amp: str = "none",
+                 runtime: str = "torch", int8: bool = False):
+        if runtime != "torch" and str(device) == "auto":
+            device = "cpu"                        # the other runtimes run on the CPU
         self.model, self.cfg = load_model(checkpoint, config, list(overrides), device=device)
         self.device = model_device(self.model)
         self.amp = amp
         self.lock = threading.Lock()  # one model call at a time (module docstring)
         self.checkpoint = str(checkpoint)
         self.masking = eval_masking(self.cfg, mask_ratio)
+        # what classifies: the model, or its masked graph on another runtime (pictures
+        # and the decoder still use the model)
+        self.runner = self.model
+        if runtime != "torch" or int8:
+            self.runner = runtime_model(self.model, self.masking, checkpoint, runtime,
+                                        int8=int8, amp=amp)
+        self.runtime = "torch" if self.runner is self.model else self.runner.name
         names = class_names or self.cfg.data.class_names
         self.names = read_class_names(names) if names else None
         dc = self.cfg.data
@@ -109,7 +126,8 @@ class ServedModel:
     def label(self, c: int) -> str | None:
         return self.names[c] if self.names and c < len(self.names) else None
 
-    def decode(self, path: str | Path, max_frames: int) -> DecodedVideo:
+    def decode(self, path: str | Path, max_frames: int, max_pixels: int | None = None,
+               max_frame_pixels: int | None = None) -> DecodedVideo:
         """The test views of the file at ``path`` (``test_clips x test_crops``, clip-major)
         made by ``mar predict``'s own loader (:meth:`mar.config.Config.views_dataset`:
         one probe, the frames of all clips decoded in one pass, scaled by the decoder).
@@ -117,7 +135,10 @@ class ServedModel:
         Raises :class:`DecodeError` for a file that is not a decodable video (text files
         included: the decoding layer refuses them, :func:`mar.data.decode.refuse_text_file`)
         and :class:`VideoTooLong` past ``max_frames`` (counted from the packets by a
-        probe, before anything is decoded)."""
+        probe, before anything is decoded); :class:`VideoTooLarge` for frames of more than
+        ``max_frame_pixels`` (width x height) or more than ``max_pixels`` decoded in all
+        (width x height x frames), from the same probe, before anything is decoded (None:
+        no limit)."""
         info = self.backend.probe(path)
         if info.num_frames == 0:
             raise DecodeError(f"{path}: no video frames")
@@ -125,6 +146,15 @@ class ServedModel:
             seconds = f" ({info.num_frames / info.fps:.0f} s)" if info.fps else ""
             raise VideoTooLong(f"{path}: {info.num_frames} frames{seconds}, over the limit "
                                f"of {max_frames} (--max-frames)")
+        area = info.width * info.height
+        if max_frame_pixels is not None and area > max_frame_pixels:
+            raise VideoTooLarge(f"{path}: {info.width}x{info.height} frames ({area:,} "
+                                f"pixels each), over the limit of {max_frame_pixels:,} "
+                                "(--max-frame-pixels)")
+        if max_pixels is not None and area * info.num_frames > max_pixels:
+            raise VideoTooLarge(f"{path}: {info.num_frames} frames of {info.width}x"
+                                f"{info.height} ({area * info.num_frames:,} pixels to "
+                                f"decode), over the limit of {max_pixels:,} (--max-pixels)")
         dc = self.cfg.data
         item = self.cfg.views_dataset([VideoRecord(str(path), 0)], dc.test_clips,
                                       dc.test_crops)[0]
@@ -138,7 +168,7 @@ class ServedModel:
         """(B, C, T, H, W) views -> (B, K) softmax probabilities (``mar predict``'s path,
         :func:`mar.inference.score`, all B views in one call)."""
         with self.lock:
-            return score(self.model, video, self.masking, amp=self.amp,
+            return score(self.runner, video, self.masking, amp=self.amp,
                          views_per_call=video.shape[0])
 
     def check_timeline(self, decoded: DecodedVideo, window: float, stride: float,
@@ -170,7 +200,7 @@ class ServedModel:
         seconds = max(seconds, 1e-3)
         deadline = time.monotonic() + seconds
         try:
-            return predict_timeline(_Locked(self.model, self.lock), self.cfg, path,
+            return predict_timeline(_Locked(self.runner, self.lock), self.cfg, path,
                                     self.masking, window, stride, views_per_call=batch_size,
                                     smooth=smooth, amp=self.amp, timeout=seconds)
         except DecodeError:
@@ -202,9 +232,7 @@ class _Locked:
     def __init__(self, model, lock: threading.Lock):
         self.model, self.lock = model, lock
         self.grid = model.grid
-
-    def parameters(self):
-        return self.model.parameters()
+        self.device = model_device(model)
 
     def classify(self, video: Tensor, mask: Mask) -> Tensor:
         with self.lock:

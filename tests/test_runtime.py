@@ -1,0 +1,180 @@
+"""--runtime onnxruntime|openvino and --int8: the same probabilities as torch (fp32), the
+same visible tokens, a cache that is reused when it matches and rebuilt when it does
+not, and one-line errors for what cannot run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from videos import REAL
+
+from mar.cli import main
+from mar.config import ConfigError
+from mar.inference import load_model, score
+from mar.inference.runtime import RuntimeModel, runtime_model
+from mar.masking import make_masking
+
+VIEWS = ["--set", "data.test_clips=2", "--set", "data.test_crops=1"]
+
+
+@pytest.fixture
+def weights(model_dir, tmp_path):
+    """A private copy of the tests' model directory: each test gets its own cache."""
+    import shutil
+
+    return shutil.copytree(model_dir, tmp_path / "model")
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_fp32_runtimes_give_torch_s_logits(weights, runtime):
+    model, cfg = load_model(weights)
+    masking = cfg.test_masking()
+    compiled = runtime_model(model, masking, weights, runtime)
+    assert isinstance(compiled, RuntimeModel)
+    torch.manual_seed(0)
+    views = torch.randn(5, 3, 8, 64, 64)                 # an odd batch: the batch is dynamic
+    mask = masking(5, model.grid, train=False)
+    with torch.no_grad():
+        expected = model.classify(views, mask)
+    assert (compiled.classify(views, mask) - expected).abs().max() < 1e-4
+    assert torch.allclose(score(compiled, views, masking, views_per_call=2),
+                          score(model, views, masking, views_per_call=2), atol=1e-5)
+
+
+def test_a_runtime_model_runs_only_its_own_mask(weights):
+    model, cfg = load_model(weights)
+    compiled = runtime_model(model, cfg.test_masking(), weights, "onnxruntime")
+    other = make_masking("cell_running", 0.75)(1, model.grid, train=False)
+    with pytest.raises(ValueError, match="its own test-time mask"):
+        compiled.classify(torch.zeros(1, 3, 8, 64, 64), other)
+    shifted = cfg.test_masking()(1, model.grid, train=False)
+    shifted.ids_keep[0, 0] = shifted.ids_mask[0, 0]       # same count, another token
+    with pytest.raises(ValueError):
+        compiled.classify(torch.zeros(1, 3, 8, 64, 64), shifted)
+
+
+def test_predict_and_eval_on_onnxruntime_match_torch(weights, tmp_path, capsys):
+    video = str(REAL / "tree.avi")
+    results = {}
+    for runtime in ("torch", "onnxruntime"):
+        assert main(["predict", video, "--checkpoint", str(weights), "--json", "--topk", "6",
+                     "--runtime", runtime, "--mask-ratio", "0.75", *VIEWS]) == 0
+        results[runtime] = json.loads(capsys.readouterr().out)[0]["top"]
+    for a, b in zip(results["torch"], results["onnxruntime"], strict=True):
+        assert a["class"] == b["class"] and abs(a["prob"] - b["prob"]) < 1e-4
+    listed = tmp_path / "test.csv"
+    listed.write_text(f"{video} 0\n{REAL / 'Megamind.avi'} 1\n")
+    summaries = []
+    for runtime in ("torch", "onnxruntime"):
+        out = tmp_path / runtime
+        assert main(["eval", "--checkpoint", str(weights), "--runtime", runtime, "--out",
+                     str(out), *VIEWS, "--set", f"data.test_list={listed}",
+                     "--set", "data.num_workers=0"]) == 0
+        summaries.append(json.loads((out / "eval.json").read_text()))
+    assert summaries[0] == summaries[1]
+
+
+def test_the_cache_is_reused_when_it_matches_and_rebuilt_when_not(weights, monkeypatch,
+                                                                  capsys):
+    import mar.inference.export as export
+
+    exports = []
+    real = export.export_onnx
+    monkeypatch.setattr(export, "export_onnx",
+                        lambda *a, **k: exports.append(1) or real(*a, **k))
+    model, cfg = load_model(weights)
+    masking = cfg.test_masking()
+    first = runtime_model(model, masking, weights, "onnxruntime")
+    again = runtime_model(model, masking, weights, "onnxruntime")
+    assert len(exports) == 1 and again.path == first.path
+    assert first.path.parent == weights / ".mar-runtime"
+    # other settings, another file
+    other = runtime_model(model, make_masking("cell_running", 0.75), weights, "onnxruntime")
+    int8 = runtime_model(model, masking, weights, "onnxruntime", int8=True)
+    assert len(exports) == 3 and len({first.path, other.path, int8.path}) == 3
+    # a damaged file is never used: rebuilt, with a note
+    first.path.write_bytes(b"not an onnx file")
+    capsys.readouterr()
+    rebuilt = runtime_model(model, masking, weights, "onnxruntime")
+    assert len(exports) == 4 and "rebuilding it" in capsys.readouterr().err
+    views = torch.randn(2, 3, 8, 64, 64)
+    mask = masking(2, model.grid, train=False)
+    with torch.no_grad():
+        assert (rebuilt.classify(views, mask) - model.classify(views, mask)).abs().max() < 1e-4
+    # new weights (a new modification time): a new key
+    (weights / "model.safetensors").touch()
+    assert runtime_model(model, masking, weights, "onnxruntime").path != first.path
+
+
+def test_int8_quantises_the_linear_layers(weights):
+    """The int8 graph multiplies int8 matrices, and its logits follow fp32's. On this random
+    64-wide model the cosine is 0.89-0.93 (its logits are small, so quantisation noise is
+    a large part of them): the bound catches a broken graph, not a small accuracy loss.
+    The accuracy gate on trained models is not built yet (docs/deploy.md)."""
+    import onnx
+
+    model, cfg = load_model(weights)
+    masking = cfg.test_masking()
+    int8 = runtime_model(model, masking, weights, "onnxruntime", int8=True)
+    ops = {node.op_type for node in onnx.load(str(int8.path)).graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops, ops
+    views = torch.randn(3, 3, 8, 64, 64, generator=torch.Generator().manual_seed(1))
+    mask = masking(3, model.grid, train=False)
+    with torch.no_grad():
+        ref = model.classify(views, mask)
+    got = int8.classify(views, mask)
+    cosine = torch.nn.functional.cosine_similarity(got, ref, dim=1)
+    assert got.shape == ref.shape and bool((cosine > 0.8).all()), cosine
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--runtime", "torch", "--int8"], "--int8 runs on --runtime onnxruntime"),
+    (["--runtime", "openvino", "--int8"], "OpenVINO's int8"),
+    (["--runtime", "onnxruntime", "--amp", "bf16"], "runs float32"),
+    (["--runtime", "onnxruntime", "--reduce", "tome"], "--reduce runs on --runtime torch"),
+])
+def test_what_a_runtime_cannot_do_is_a_one_line_error(weights, capsys, args, message):
+    assert main(["predict", str(REAL / "tree.avi"), "--checkpoint", str(weights),
+                 *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and err[-1].startswith("mar predict: error:")
+
+
+def test_a_runtime_that_is_not_installed_names_the_extra(weights, monkeypatch, capsys):
+    import importlib
+
+    real = importlib.import_module
+
+    def without_openvino(name, *args):
+        if name.split(".")[0] == "openvino":
+            raise ImportError(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", without_openvino)
+    assert main(["predict", str(REAL / "tree.avi"), "--checkpoint", str(weights),
+                 "--runtime", "openvino"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'mar-video[openvino]'" in err[0]
+    assert not (weights / ".mar-runtime").exists() or not any(
+        (weights / ".mar-runtime").iterdir())
+
+
+def test_the_other_runtimes_run_on_the_cpu(weights, fake_gpu):
+    model, cfg = load_model(weights, device="cuda")          # the fake GPU
+    with pytest.raises(ConfigError, match="runs on the CPU"):
+        runtime_model(model, cfg.test_masking(), weights, "onnxruntime")
+
+
+def test_the_server_answers_from_the_runtime_and_says_which(weights):
+    from mar.serve.predictor import ServedModel
+
+    served = ServedModel(weights, device="auto", runtime="onnxruntime", int8=True,
+                         overrides=["data.test_clips=1", "data.test_crops=1"])
+    assert served.runtime == "onnxruntime int8" and isinstance(served.runner, RuntimeModel)
+    views = served.decode(REAL / "tree.avi", max_frames=10_000).views
+    probs = served.scores(torch.cat([views, views]))
+    assert probs.shape == (2, 6) and torch.allclose(probs.sum(1), torch.ones(2), atol=1e-5)
+    timeline = served.timeline(REAL / "tree.avi", window=1.0, stride=1.0)
+    assert timeline.probs.shape[0] >= 1 and timeline.probs.shape[1] == 6
