@@ -8,8 +8,8 @@ fp32, and the share of videos whose top-1 class equals torch fp32's (the accurac
 int8 within 0.5 point of fp32 and agreeing on at least 98 % of videos).
 
     mar demo --out mar-demo
-    python benchmarks/bench_runtime_accuracy.py mar-demo/standard mar-demo/mar \
-        --list mar-demo/data/val.csv
+    python benchmarks/bench_runtime_accuracy.py mar-demo/standard mar-demo/MAR \
+        --list mar-demo/data/val.csv --root mar-demo/data
 """
 
 from __future__ import annotations
