@@ -14,7 +14,6 @@ logit agreement with fp32 (cosine; random weights, so only a sanity figure).
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
@@ -25,26 +24,15 @@ import torch
 from mar import create_model, make_masking
 from mar.inference.runtime import runtime_model
 from mar.models.io import save_model
+from mar.runtime.device import cpu_flags, cpu_name
 
 
-def cpu_flags() -> str:
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return "unknown"
+def instruction_sets() -> str:
+    """The instruction sets int8 and bf16 speed depend on, as this CPU lists them."""
+    flags = cpu_flags() or set()
     wanted = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8",
               "amx_bf16"]
     return ", ".join(f for f in wanted if f in flags) or "none of AVX2/AVX-512/AMX"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def arms(folder: Path, head: str, ratio: float, runtimes: list[str]):
@@ -76,7 +64,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--runtimes", nargs="+", default=["onnxruntime", "openvino"])
     args = parser.parse_args()
-    print(f"CPU: {cpu_name()} ({torch.get_num_threads()} threads; {cpu_flags()}); torch "
+    print(f"CPU: {cpu_name()} ({torch.get_num_threads()} threads; {instruction_sets()}); torch "
           f"{torch.__version__}")
     video = torch.randn(args.batch, 3, 16, 224, 224, generator=torch.Generator().manual_seed(1))
     rows = []

@@ -223,6 +223,8 @@ def measure(video: str | Path, model: str | Path, out: str | Path, *, window: fl
 
 
 def cpu_name() -> str:
+    # mar.runtime.device.cpu_name, not imported: this process stays free of torch, whose
+    # pages every measured child would inherit at the fork (wait4's high-water mark)
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

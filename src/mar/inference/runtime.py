@@ -74,11 +74,9 @@ def reduce_range() -> bool:
     """7-bit int8 weights on CPUs without VNNI: their u8 x s8 multiply-add sums pairs in
     int16 and saturates with full-range weights (a trained tiny model lost 7 points of
     top-1 that way on an AVX2 machine; with 7 bits it lost none, tests/test_engine_train.py)."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return True
-    return not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+    from ..runtime.device import cpu_flags
+
+    return not (cpu_flags() or set()) & {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 
 def cache_key(weights: Path, ids_keep: Tensor, runtime: str, int8: bool) -> str:

@@ -74,15 +74,34 @@ def amp_dtype(name: str | None, device: torch.device) -> torch.dtype | None:
     return AMP[name]
 
 
+def cpu_flags() -> set[str] | None:
+    """This CPU's feature flags as Linux lists them (``avx2``, ``avx512_vnni``, ...), or
+    None where they cannot be read."""
+    try:
+        return set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return None
+
+
+def cpu_name() -> str:
+    """The CPU's model name (what every timing in the docs names beside it)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def cpu_bf16_instructions() -> list[str] | None:
     """This CPU's native bf16 instruction sets, as Linux lists them (x86: AVX-512 BF16,
     AMX; Arm: BF16), or None where they cannot be read. Without them oneDNN converts
     bf16 in software, which is slower than fp32."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return None
-    return sorted(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    flags = cpu_flags()
+    return None if flags is None else sorted(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def bf16_note(amp: str | None, device: torch.device) -> str | None:
