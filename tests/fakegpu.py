@@ -8,6 +8,20 @@ import pytest
 import torch
 
 
+def keep_tf32():
+    """The TF32 settings now; call the returned function to put them back (a command that
+    takes the GPU turns TF32 on for the whole process). Attributes of torch's backend
+    objects, not patchable with ``monkeypatch.setattr`` on every pytest."""
+    backends = (torch.backends.cuda.matmul, torch.backends.cudnn.conv)
+    saved = [b.fp32_precision for b in backends]
+
+    def restore():
+        for backend, value in zip(backends, saved, strict=True):
+            backend.fp32_precision = value
+
+    return restore
+
+
 class Moves(list):
     """(what, device) of every move to the GPU, and the arguments recorded beside."""
 
@@ -19,7 +33,7 @@ class Moves(list):
 
 
 @pytest.fixture
-def fake_gpu(monkeypatch):
+def fake_gpu(monkeypatch, request):
     """A machine that says it has one CUDA GPU: ``.to("cuda")`` of modules and tensors is
     recorded (``moves``) and done on the CPU; a module's device is the one it was last
     moved to. What a command does not move to the GPU is not recorded.
@@ -72,8 +86,7 @@ def fake_gpu(monkeypatch):
     # an optimizer step asks the (absent) GPU whether a CUDA graph is being captured
     monkeypatch.setattr(torch.optim.Optimizer, "_accelerator_graph_capture_health_check",
                         lambda self: None, raising=False)
-    for backend in (torch.backends.cuda.matmul, torch.backends.cudnn.conv):  # TF32, restored
-        monkeypatch.setattr(backend, "fp32_precision", backend.fp32_precision)
+    request.addfinalizer(keep_tf32())
     loader_init, adamw_init = torch.utils.data.DataLoader.__init__, torch.optim.AdamW.__init__
 
     def fake_loader_init(self, *args, **kwargs):

@@ -21,6 +21,7 @@ from contextlib import nullcontext
 import pytest
 import torch
 from conftest import CONFIGS, TINY_MODEL, as_args, shrink
+from fakegpu import keep_tf32
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 from videos import REAL
@@ -207,10 +208,10 @@ def test_the_cpu_pins_nothing_and_runs_plain_adamw(tiny_lists, tmp_path, fake_gp
     assert "fused" not in fake_gpu.optimizers[0]
 
 
-def test_tf32_is_on_once_a_command_takes_the_gpu(fake_gpu, monkeypatch):
+def test_tf32_is_on_once_a_command_takes_the_gpu(fake_gpu):
     from mar.runtime.device import resolve_device
 
-    monkeypatch.setattr(torch.backends.cuda.matmul, "fp32_precision", "none")
+    torch.backends.cuda.matmul.fp32_precision = "none"      # fake_gpu restores it
     resolve_device("cpu")
     assert torch.backends.cuda.matmul.fp32_precision != "tf32"
     resolve_device("auto")                                   # the (fake) GPU
@@ -361,7 +362,7 @@ def test_every_parameter_trains_or_the_config_is_refused(task, head, masking, re
 # --- torchrun on GPUs, mocked ----------------------------------------------------------
 
 @pytest.fixture
-def two_gpus_rank_1(monkeypatch):
+def two_gpus_rank_1(monkeypatch, request):
     import torch.distributed as dist
 
     calls = []
@@ -374,10 +375,7 @@ def two_gpus_rank_1(monkeypatch):
     monkeypatch.setattr(dist, "is_initialized", lambda: any(c[0] == "init" for c in calls))
     monkeypatch.setattr(dist, "init_process_group",
                         lambda backend, **kw: calls.append(("init", backend, kw)))
-    monkeypatch.setattr(torch.backends.cuda.matmul, "fp32_precision",
-                        torch.backends.cuda.matmul.fp32_precision)
-    monkeypatch.setattr(torch.backends.cudnn.conv, "fp32_precision",
-                        torch.backends.cudnn.conv.fp32_precision)
+    request.addfinalizer(keep_tf32())
     return calls
 
 
