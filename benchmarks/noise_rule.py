@@ -1,4 +1,5 @@
-"""The verdict rule of docs/results.md and docs/token_reduction.md, applied to their figures.
+"""The verdict rule of docs/results.md, applied to its figures (docs/token_reduction.md's
+verdicts come from per-seed pairs, printed by bench_token_reduction.py with :func:`paired`).
 
 Rule: a difference between two arms counts only when it exceeds twice the standard error
 of the paired per-seed difference, SE = sd(a_s - b_s) / sqrt(n); otherwise it is "within
@@ -111,17 +112,6 @@ ROWS = [
     ("IXa natural: lambda 1 - lambda 0.1", (80.3, 0.4), (79.2, 0.7)),
     ("IXa natural: lambda 1 - lambda 0.2", (80.3, 0.4), (78.2, 3.6)),
     ("IXa natural: lambda 0.1 - lambda 0", (79.2, 0.7), (78.7, 2.4)),
-    # docs/token_reduction.md, natural benchmark (standard model unless named)
-    ("reduce 50 %: random drop - RLT+MAR", (89.4, 3.4), (88.2, 2.1)),
-    ("reduce 50 %: random drop - RLT", (89.4, 3.4), (86.6, 4.1)),
-    ("reduce 50 %: random drop - cell mask untrained", (89.4, 3.4), (85.4, 1.8)),
-    ("reduce 50 %: random drop - MAR (trained)", (89.4, 3.4), (83.6, 2.2)),
-    ("reduce 50 %: random drop - ToMe", (89.4, 3.4), (82.2, 4.5)),
-    ("reduce 25 %: random drop - cell mask untrained", (80.3, 1.4), (79.9, 2.5)),
-    ("reduce 25 %: random drop - RLT", (80.3, 1.4), (79.6, 1.4)),
-    ("reduce 25 %: random drop - RLT+MAR", (80.3, 1.4), (79.6, 3.4)),
-    ("reduce 25 %: random drop - MAR 50-trained tested at 75 %", (80.3, 1.4), (77.3, 0.8)),
-    ("reduce 25 %: random drop - ToMe", (80.3, 1.4), (68.3, 1.7)),
 ]
 
 

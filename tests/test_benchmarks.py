@@ -62,3 +62,41 @@ def test_bench_predict_agrees_with_transformers_on_the_same_views(tmp_path):
     for arm in [*arms, HF]:
         for fp32, bf16 in zip(top5[arm], top5[arm + ", bf16"], strict=True):
             assert close_top5(fp32, bf16, rtol=0.01), (arm, fp32, bf16)
+
+
+def test_bench_loader_times_our_training_input_and_the_videomae_way(tmp_path):
+    import importlib.util
+
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_loader.py"), "--sets", "kinetics",
+         "--videos", "1", "--seconds", "1", "--clips", "1", "--batch", "1", "--workers", "0",
+         "--repeats", "1", "--arms", "mar", "before", "videomae",
+         "--work", str(tmp_path / "work"), "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    def rate(label: str) -> float | None:
+        row = re.search(rf"^\| kinetics \| {re.escape(label)} \| 0 \| ([0-9.]+) \| ([0-9.]+) \|",
+                        proc.stdout, re.MULTILINE)
+        return None if row is None else float(row[1])
+
+    assert rate("mar, as shipped (uint8 hand-off: the workers)") > 0, proc.stdout
+    rows = {r["arm"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["mar"]["per_core"] > 0 and len(rows["mar"]["rates"]) == 1
+    # the step's normalise + erase of the uint8 clips, timed apart on one core
+    assert rows["finish"]["main_side"] and rows["finish"]["per_core"] > 0
+    # the pipeline before the levers, rebuilt in the benchmark: the reference of "vs before"
+    assert rows["before"]["per_core"] > 0
+    assert re.search(r"^\| kinetics \| mar before the levers .* \| 1\.00x \|$", proc.stdout,
+                     re.MULTILINE), proc.stdout
+    videomae = "VideoMAE way (decord, PIL RandAugment on full frames)"
+    if importlib.util.find_spec("decord") is not None:
+        assert rate(videomae) > 0, proc.stdout
+        assert "cores per GPU, kinetics, VideoMAE way" in proc.stdout
+    else:  # not a dependency of mar: the arm says why it is missing
+        assert rate(videomae) is None and "videomae" not in rows
+        assert "kinetics: VideoMAE arm skipped: decord is not installed (pip install decord)" \
+            in proc.stdout
+    assert re.search(r"ViT-B MAR-50 \(k400_vit_base_mar50\): training forward [0-9.]+ GMACs "
+                     r"per clip \(deploy 86\.[0-9]\)", proc.stdout), proc.stdout

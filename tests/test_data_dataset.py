@@ -16,6 +16,7 @@ from mar.data import (
     collate,
     collate_views,
 )
+from mar.data.transforms import finish
 
 SMALL = TrainTransform(crop_size=32, rand_augment=None)
 
@@ -99,10 +100,13 @@ def test_repeated_augmentation_flattens_into_the_batch(videos):
     ds = VideoDataset([VideoRecord(str(p), i) for i, p in enumerate(good)],
                       repeats=2, sampling=ClipSampling("dense", 4, 2), train_transform=SMALL)
     item = ds[0]
-    assert item["video"].shape == (2, 3, 4, 32, 32)
-    assert not torch.equal(item["video"][0], item["video"][1])
+    assert item["video"].shape == (2, 3, 4, 32, 32) and item["video"].dtype == torch.uint8
+    assert item["erase"].shape == (2, 5)
+    clips = finish(item["video"], item["erase"])  # what the training step makes of them
+    assert clips.dtype == torch.float32 and not torch.equal(clips[0], clips[1])
     batch = collate([ds[0], ds[1]])
-    assert batch["video"].shape == (4, 3, 4, 32, 32)
+    assert batch["video"].shape == (4, 3, 4, 32, 32) and batch["erase"].shape == (4, 5)
+    assert torch.equal(batch["erase"][:2], item["erase"])
     assert batch["label"].tolist() == [0, 0, 1, 1] and batch["index"].tolist() == [0, 0, 1, 1]
 
 

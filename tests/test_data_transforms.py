@@ -8,6 +8,7 @@ from mar.data.transforms import (
     SSV2_FLIP_PAIRS,
     EvalTransform,
     TrainTransform,
+    finish,
     normalize,
     to_tensor,
 )
@@ -62,6 +63,27 @@ def test_flip_swaps_left_right_classes_when_asked():
                            flip_prob=0.0, rand_augment=None, erase_prob=0.0)
     ref, label = plain(clip, 86, torch.Generator())
     assert label == 86 and torch.allclose(out, ref.flip(-1))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_worker_hands_over_uint8_and_the_step_finishes_the_same_clip(seed):
+    """The loader's part (uint8, 4x fewer bytes to copy) then the step's (normalise,
+    erase) is the whole augmentation: the same clip as one call, erasing included."""
+    tf = TrainTransform(crop_size=64, erase_prob=1.0)
+    clip = textured_clip(seed=seed)
+    video, label, erase = tf.augment(clip, 3, torch.Generator().manual_seed(seed))
+    assert video.dtype == torch.uint8 and video.shape == (3, 8, 64, 64) and label == 3
+    top, left, h, w, _ = erase.tolist()
+    assert h > 0 and w > 0 and top + h <= 64 and left + w <= 64
+    whole, _ = tf(clip, 3, torch.Generator().manual_seed(seed))
+    batch = finish(torch.stack([video, video]), torch.stack([erase, torch.zeros(5).long()]))
+    assert torch.equal(batch[0], whole)
+    plain = normalize(video.permute(1, 0, 2, 3))
+    box = (slice(None), slice(None), slice(top, top + h), slice(left, left + w))
+    assert torch.equal(batch[1], plain)           # no draw: normalised only
+    outside = torch.ones_like(plain, dtype=torch.bool)
+    outside[box] = False
+    assert torch.equal(whole[outside], plain[outside]) and not torch.equal(whole[box], plain[box])
 
 
 def test_normalize_uses_mean_and_std():

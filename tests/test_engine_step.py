@@ -37,7 +37,9 @@ def setup(accum_steps: int, scaler_on: bool = False, clip: float | None = None):
 
 def batches(n: int, size: int = 2):
     g = torch.Generator().manual_seed(5)
-    return [{"video": torch.randn(size, 3, 4, 32, 32, generator=g),
+    return [{"video": torch.randint(0, 256, (size, 3, 4, 32, 32), dtype=torch.uint8,
+                                     generator=g),
+             "erase": torch.tensor([[4, 6, 10, 12, 7]] + [[0] * 5] * (size - 1)),
              "label": torch.randint(0, 174, (size,), generator=g)} for _ in range(n)]
 
 

@@ -255,7 +255,8 @@ def test_an_op_without_a_deterministic_kernel_is_a_one_line_error():
                      rec_weight=0.0, label_smoothing=0.0, accum_steps=1, clip_grad=None,
                      amp_dtype=None, info=CPU)
     with pytest.raises(ConfigError) as e:
-        step.forward_backward({"video": torch.zeros(2, 3, 4, 32, 32),
+        step.forward_backward({"video": torch.zeros(2, 3, 4, 32, 32, dtype=torch.uint8),
+                               "erase": torch.zeros(2, 5, dtype=torch.long),
                                "label": torch.zeros(2, dtype=torch.long)})
     assert "\n" not in str(e.value) and "index_add_cuda_" in str(e.value)
     assert "train.deterministic=false" in str(e.value)

@@ -30,6 +30,7 @@ from mar.cli import main as mar_main
 from mar.config import load_config
 from mar.convert.hf import FORMAT
 from mar.convert.rules import apply_rules
+from mar.data.transforms import finish
 from mar.engine import optim as optim_module
 from mar.engine.optim import build_optimizer, scaled_lr
 from mar.engine.trainer import TrainStep, build_model
@@ -99,8 +100,17 @@ def _ours(model_dir, *overrides: str):
 
 
 def _clips(seed: int) -> torch.Tensor:
-    """Normalised clips (B, C, T, H, W), as the loader gives them."""
+    """Normalised clips (B, C, T, H, W), as the model sees them."""
     return torch.randn(BATCH, 3, 8, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def _loader_clips(seed: int) -> torch.Tensor:
+    """uint8 clips (B, C, T, H, W), as the loader gives them to the training step."""
+    return torch.randint(0, 256, (BATCH, 3, 8, 32, 32), dtype=torch.uint8,
+                         generator=torch.Generator().manual_seed(seed))
+
+
+NO_ERASE = torch.zeros(BATCH, 5, dtype=torch.long)
 
 
 def _as_ours(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -217,10 +227,10 @@ def _check_adamw_steps(mar_dir, hf_dir, steps: int = 5) -> None:
                      amp_dtype=None, info=CPU)
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     for i in range(steps):
-        video = _clips(10 + i)
-        loss, update = step.forward_backward({"video": video,
+        video = _loader_clips(10 + i)
+        loss, update = step.forward_backward({"video": video, "erase": NO_ERASE,
                                               "label": torch.zeros(BATCH, dtype=torch.long)})
-        theirs = hf(video.transpose(1, 2), bool_masked_pos=drawn[-1].bool())
+        theirs = hf(finish(video, NO_ERASE).transpose(1, 2), bool_masked_pos=drawn[-1].bool())
         theirs.loss.backward()
         assert update
         step.update(lr)

@@ -199,6 +199,59 @@ def test_tubelet_change_is_the_mean_l1_against_the_previous_tubelet():
     torch.testing.assert_close(change[:, 16:], expected)
 
 
+def test_published_change_is_last_frame_against_the_previous_tubelets_first():
+    """RLT's code: tubelet i's last frame (t*i + t - 1) against tubelet i-1's first frame
+    (t*(i - 1)), mean |difference| over the patch and channels, computed here by loops."""
+    video = torch.randn(2, 3, FRAMES, SIZE, SIZE)
+    t, grid_t, grid_s = 2, FRAMES // 2, SIZE // PATCH
+    change = tubelet_change(video, PATCH, t, "published").view(2, grid_t, grid_s, grid_s)
+    assert bool(torch.isinf(change[:, 0]).all())
+    for i in range(1, grid_t):
+        for h in range(grid_s):
+            for w in range(grid_s):
+                cell = (slice(h * PATCH, (h + 1) * PATCH), slice(w * PATCH, (w + 1) * PATCH))
+                last = video[:, :, t * i + t - 1][(..., *cell)]
+                first = video[:, :, t * (i - 1)][(..., *cell)]
+                torch.testing.assert_close(change[:, i, h, w],
+                                           (last - first).abs().mean((1, 2, 3)))
+
+
+def test_the_two_rlt_rules_differ_where_they_must():
+    """Static background; in tubelet 1 (frames 2, 3) three patches are built so that:
+    A: frames 2, 3 = (c, a) after (a, b): the last frame equals the previous tubelet's
+       first, so the published rule sees no change and drops it; the mean rule keeps it;
+    B: both frames shifted by exactly the threshold 0.5: the mean rule keeps it (>=),
+       the published rule (strict >) drops it;
+    C: only frame 3 changes, by 1: mean change 0.5 (frame 2 unchanged) is kept by the
+       mean rule at 0.5 but not at 0.75, while the published rule sees 1 and keeps it."""
+    video = torch.zeros(1, 3, FRAMES, SIZE, SIZE)
+    a, b, c = 0.25, -0.75, 1.0
+    pa = (..., slice(0, PATCH), slice(0, PATCH))                   # token (1, 0, 0)
+    video[:, :, 0][pa], video[:, :, 1][pa] = a, b
+    video[:, :, 2][pa], video[:, :, 3][pa] = c, a
+    video[:, :, 4:][pa] = a                                         # later tubelets change
+    pb = (..., slice(0, PATCH), slice(PATCH, 2 * PATCH))            # token (1, 0, 1)
+    video[:, :, 2:][pb] = 0.5
+    pc = (..., slice(0, PATCH), slice(2 * PATCH, 3 * PATCH))        # token (1, 0, 2)
+    video[:, :, 3][pc] = 1.0
+    tokens = {"A": 16, "B": 17, "C": 18}
+    mean = rlt_keep(video, PATCH, 2, 0.5, "mean")[0]
+    published = rlt_keep(video, PATCH, 2, 0.5, "published")[0]
+    assert [bool(mean[i]) for i in tokens.values()] == [True, True, True]
+    assert [bool(published[i]) for i in tokens.values()] == [False, False, True]
+    assert not bool(rlt_keep(video, PATCH, 2, 0.75, "mean")[0, tokens["C"]])
+    # everywhere else the two agree: the first tubelet kept, the static background dropped
+    others = torch.ones(N, dtype=torch.bool)
+    others[list(tokens.values())] = False
+    others[32:] = False                                             # A's patch in tubelets 2, 3
+    assert torch.equal(mean[others], published[others])
+    assert mean[:16].all() and not mean[others][16:].any()
+    m = model()
+    reducer = TokenReduction(m, "rlt", rlt_threshold=0.5, rlt_rule="published")
+    assert torch.equal(reducer.keep(video)[0], published)
+    assert "published rule" in reducer.describe()
+
+
 def test_rlt_on_a_static_clip_keeps_the_first_tubelet():
     clip = torch.rand(1, 3, 1, SIZE, SIZE).expand(1, 3, FRAMES, SIZE, SIZE)
     keep = rlt_keep(clip, PATCH, 2, threshold=1e-6)[0]
@@ -254,6 +307,15 @@ def test_calibrated_threshold_meets_the_budget():
     visible = ~make_masking("cell_running", 0.5)(6, GRID, train=False).bool()
     t = calibrate_rlt_threshold(changes, 0.25, visible)
     assert ((changes >= t) & visible).float().mean().item() == pytest.approx(0.25, abs=0.01)
+    published = tubelet_change(torch.randn(6, 3, FRAMES, SIZE, SIZE).cumsum(2), PATCH, 2,
+                               "published")
+    for fraction in (0.3, 0.5, 0.8):                # the published rule keeps change > t
+        t = calibrate_rlt_threshold(published, fraction, rule="published")
+        assert (published > t).float().mean().item() == pytest.approx(fraction, abs=0.01)
+    t = calibrate_rlt_threshold(published, 0.2, rule="published")  # below the first tubelet
+    assert t == float("inf")
+    clip = torch.randn(1, 3, FRAMES, SIZE, SIZE)
+    assert rlt_keep(clip, PATCH, 2, t, "published")[0].tolist() == [True] * 16 + [False] * 48
 
 
 @pytest.mark.parametrize("head", HEADS)
@@ -272,6 +334,12 @@ def test_flops_of_a_reduction(head):
     drop = TokenReduction(m, "random", ratio=0.5)
     assert measure_flops(drop, Mask.full(1, GRID)) == reduction_flops(drop) == \
         formula_flops(m, N // 2)
+    with torch.device("meta"):  # 12 blocks: a constant r in every block, counted alike
+        deep = create_model("vit_nano", num_classes=7, num_frames=FRAMES, img_size=SIZE,
+                            patch_size=PATCH, head=head, depth=12)
+    tome = TokenReduction(deep, "tome", tome_r=3)
+    assert measure_flops(tome, Mask.full(1, GRID)) == reduction_flops(tome) == \
+        formula_flops(deep, N, [3] * 12) < formula_flops(deep, N)
     rlt = TokenReduction(m, "rlt", rlt_threshold=1.0)
     rlt.counts = [16, 40, 40]
     assert reduction_flops(rlt) == pytest.approx(
@@ -297,6 +365,8 @@ def test_bad_settings_are_named():
         TokenReduction(pos, "tome")
     with pytest.raises(ValueError, match="run clips first"):
         reduction_flops(TokenReduction(m, "rlt", rlt_threshold=1.0))
+    with pytest.raises(ValueError, match="unknown RLT rule 'max'; known: mean, published"):
+        TokenReduction(m, "rlt", rlt_rule="max")
 
 
 def test_reduction_cost_of_a_named_model():

@@ -107,6 +107,18 @@ class DataConfig(_Section):
     train_list: str | None = None
     val_list: str | None = None
     test_list: str | None = None
+    # tar shards instead of a list (mar.data.shards): brace patterns such as
+    # "shards/shard-{000000..000123}.tar", several separated by whitespace (or a list);
+    # local paths, fsspec URLs (s3://, https://, ...) or pipe:CMD
+    train_shards: str | list[str] | None = None
+    val_shards: str | list[str] | None = None
+    test_shards: str | list[str] | None = None
+    shard_index: str | None = None  # default: index.json beside the split's first shard
+    # training samples each loader worker holds to shuffle (raw bytes, not frames): at
+    # 1-5 MB a video, 100 is 0.1-0.5 GB a worker, some 20 GB for 8 workers x 8 GPUs; the
+    # shards are written from a shuffled list, so the buffer only has to vary the order
+    # within shards from epoch to epoch, not to mix classes
+    shuffle_buffer: int = Field(100, gt=0)
     class_names: str | None = None
     sampling: Literal["dense", "segment"] = "dense"
     num_frames: int = Field(16, gt=0)
@@ -133,6 +145,11 @@ class DataConfig(_Section):
     max_retries: int = Field(10, ge=0)
     num_workers: int = Field(8, ge=0)
     cache_decoded: bool = False  # keep decoded videos in memory (small datasets only)
+
+    def has_split(self, split: Literal["train", "val", "test"]) -> bool:
+        """Whether the split has data: a list or shards."""
+        return getattr(self, f"{split}_list") is not None or \
+            getattr(self, f"{split}_shards") is not None
 
 
 class TrainConfig(_Section):
@@ -185,6 +202,10 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _consistent(self):
+        for split in ("train", "val", "test"):
+            if getattr(self.data, f"{split}_list") and getattr(self.data, f"{split}_shards"):
+                raise ValueError(f"data.{split}_list and data.{split}_shards are both set: "
+                                 "set one")
         if self.data.num_frames != self.model.num_frames:
             raise ValueError(f"data.num_frames ({self.data.num_frames}) differs from "
                              f"model.num_frames ({self.model.num_frames})")
@@ -226,43 +247,60 @@ class Config(_Section):
         return (self.eval_masking or self.masking).build()
 
     def dataset(self, split: Literal["train", "val", "test"]):
-        """A split's data: the training :class:`mar.data.VideoDataset`, or the test views
-        (:meth:`views_dataset`) of ``val`` (one view) and ``test`` (``test_clips x
-        test_crops``)."""
+        """A split's data: the training clips (:class:`mar.data.VideoDataset` of a list,
+        :class:`mar.data.sharded.ShardedVideos` of shards), or the test views
+        (:meth:`views_dataset`; of shards :class:`mar.data.sharded.ShardedViews`) of
+        ``val`` (one view) and ``test`` (``test_clips x test_crops``). Shards are checked
+        here: each one there, an index that lists exactly them."""
         from .data import ClipSampling, TrainTransform, VideoDataset, read_list
 
         dc = self.data
-        path = {"train": dc.train_list, "val": dc.val_list, "test": dc.test_list}[split]
-        if path is None:
-            raise ConfigError(f"data.{split}_list is not set")
-        records = read_list(path, dc.root)
+        path, shards = getattr(dc, f"{split}_list"), getattr(dc, f"{split}_shards")
+        if path is None and shards is None:
+            raise ConfigError(f"data.{split}_list is not set (nor data.{split}_shards)")
+        if shards is not None:
+            from .data.shards import load_shard_set
+
+            shards = load_shard_set(shards, dc.shard_index, dc.root, what=f"data.{split}_shards")
         if split != "train":
             views = (1, 1) if split == "val" else (dc.test_clips, dc.test_crops)
-            return self.views_dataset(records, *views)
+            if shards is None:
+                return self.views_dataset(read_list(path, dc.root), *views)
+            from .data.sharded import ShardedViews
+
+            return ShardedViews(shards, **self._views_options(*views))
         transform = TrainTransform(dc.crop_size, dc.scale, dc.ratio, dc.flip_prob,
                                    tuple(dc.flip_pairs), dc.rand_augment, dc.erase_prob,
                                    self.model.pixel_mean, self.model.pixel_std)
-        return VideoDataset(records, sampling=ClipSampling(dc.sampling, dc.num_frames,
-                                                           dc.stride),
-                            train_transform=transform, repeats=dc.repeats,
-                            backend=dc.backend, decode_timeout=dc.decode_timeout,
-                            max_retries=dc.max_retries, seed=self.train.seed,
-                            cache=dc.cache_decoded)
+        options = dict(sampling=ClipSampling(dc.sampling, dc.num_frames, dc.stride),
+                       train_transform=transform, repeats=dc.repeats, backend=dc.backend,
+                       decode_timeout=dc.decode_timeout, max_retries=dc.max_retries,
+                       seed=self.train.seed)
+        if shards is None:
+            return VideoDataset(read_list(path, dc.root), cache=dc.cache_decoded, **options)
+        from .data.sharded import ShardedVideos
+
+        return ShardedVideos(shards, shuffle_buffer=dc.shuffle_buffer, **options)
 
     def views_dataset(self, records, clips: int, crops: int):
         """The test views (``clips x crops`` per video, :class:`mar.data.VideoViews`) of
         ``records`` (:class:`mar.data.VideoRecord`), decoded and transformed as this config
         says: the one builder of test views, for evaluation, prediction, serving,
         extraction and pictures."""
-        from .data import ClipSampling, EvalTransform, VideoViews
+        from .data import VideoViews
+
+        return VideoViews(records, **self._views_options(clips, crops))
+
+    def _views_options(self, clips: int, crops: int) -> dict:
+        from .data import ClipSampling, EvalTransform
 
         dc = self.data
         transform = EvalTransform(dc.crop_size, crops, dc.short_side, self.model.pixel_mean,
                                   self.model.pixel_std)
-        return VideoViews(records, sampling=ClipSampling(dc.sampling, dc.num_frames,
-                                                         dc.stride, dc.segment_test_style),
-                          eval_transform=transform, num_clips=clips, backend=dc.backend,
-                          decode_timeout=dc.decode_timeout)
+        return dict(sampling=ClipSampling(dc.sampling, dc.num_frames, dc.stride,
+                                          dc.segment_test_style),
+                    eval_transform=transform, num_clips=clips, backend=dc.backend,
+                    decode_timeout=dc.decode_timeout)
 
 
 def parse_override(item: str) -> tuple[str, Any]:

@@ -126,13 +126,15 @@ def trivial_loss(cfg: Config, clips: int = 64) -> float:
     variance."""
     import torch
 
+    from .data.transforms import finish
     from .models import reconstruction_target
 
     m = cfg.model
     loader = torch.utils.data.DataLoader(cfg.dataset("train"), batch_size=8)
     targets = []
     for batch in loader:
-        targets.append(reconstruction_target(batch["video"], m.patch_size, m.tubelet_size,
+        video = finish(batch["video"], batch["erase"], m.pixel_mean, m.pixel_std)
+        targets.append(reconstruction_target(video, m.patch_size, m.tubelet_size,
                                              m.pixel_mean, m.pixel_std, m.norm_target))
         if 8 * len(targets) >= clips:
             break

@@ -52,6 +52,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stride", type=int, default=4)
     p.add_argument("--crop-size", type=int, default=224)
     p.set_defaults(func=cmd_data_bench)
+    p = dsub.add_parser("shard", help="pack a list's videos into WebDataset tar shards "
+                        "(docs/data.md, Sharded datasets)")
+    p.add_argument("list")
+    p.add_argument("--out", required=True, help="folder for the shards, index.json and "
+                   "report.csv (empty, or one a killed run of the same command left)")
+    p.add_argument("--root", help="prefix for relative paths in the list")
+    p.add_argument("--shard-size", default="1GB",
+                   help="bytes per shard, about: 1GB, 500MB, 2000000 (default 1GB)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the list's shuffle")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes probing videos and writing shards (default: min(4, cores))")
+    p.set_defaults(func=cmd_data_shard)
+    p = dsub.add_parser("resize", help="re-encode a list's videos once: smaller, a keyframe "
+                        "every second (H.264); writes the new list")
+    p.add_argument("list")
+    p.add_argument("--out", required=True, help="folder for the videos, the new list and "
+                   "the report (<list stem>.resize.csv)")
+    p.add_argument("--root", help="prefix for relative paths in the list")
+    p.add_argument("--short-side", type=int, default=320,
+                   help="pixels of the shorter side (smaller videos keep their size)")
+    p.add_argument("--keyframe-interval", type=float, default=1.0,
+                   help="seconds between keyframes (a clip decodes from the one before it)")
+    p.add_argument("--crf", type=int, default=23, help="x264 quality, 0-51 (lower: better)")
+    p.add_argument("--preset", default="medium", help="x264 preset (ultrafast ... veryslow)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="videos converted at once (default: min(4, CPU cores))")
+    p.set_defaults(func=cmd_data_resize)
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
@@ -92,6 +119,29 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_resize(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from ..data.resize import ResizeSettings, resize_list
+    from .options import INPUTS_FAILED, OK
+
+    settings = ResizeSettings(args.short_side, args.keyframe_interval, args.crf, args.preset)
+    with Progress(transient=True) as bar:
+        task = bar.add_task("re-encoding videos", total=None)
+        run = resize_list(args.list, args.out, args.root, settings, args.workers,
+                          lambda done, total: bar.update(task, completed=done, total=total))
+    for r in run.results:
+        if r.status in ("unreadable", "failed"):
+            print(f"{r.status}: {r.source}: {r.note}")
+    print(run.summary())
+    if run.listed:
+        print(f"new list: {run.list_path} ({run.listed} videos; read it with --root "
+              f"{args.out} or data.root={args.out}); report: {run.report_path}")
+    else:
+        print(f"no video converted, no list written; report: {run.report_path}")
+    return OK if run.listed and not run.count("failed") else INPUTS_FAILED
+
+
 def cmd_data_bench(args: argparse.Namespace) -> int:
     from ..data.bench import bench_decode, bench_pipeline
     from ..data.dataset import ClipSampling
@@ -129,4 +179,30 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
         made = synthesize(args.out, cfg, progress=bar.update)
     print(f"{'cached' if made['cached'] else 'wrote'} {args.out}: train.csv, val.csv, "
           f"classes.txt ({len(names)} classes, {cfg.kind}, {cfg.num_frames} x {cfg.size}²)")
+    return 0
+
+
+def cmd_data_shard(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from ..data.shards import parse_size, write_shards
+
+    size = parse_size(args.shard_size)
+    with Progress(transient=True) as bar:
+        tasks = {}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total)
+            bar.advance(tasks[phase], done)
+
+        report = write_shards(args.list, args.out, root=args.root, shard_size=size,
+                              seed=args.seed, workers=args.workers, progress=progress)
+    for path, reason in report.unreadable:
+        print(f"unreadable: {path}: {reason}")
+    kept = report.shards - report.written
+    print(f"wrote {report.out}: {report.samples} videos in {report.shards} shards "
+          f"({report.bytes / 1e6:.1f} MB{f'; {kept} already complete' if kept else ''}), "
+          f"{len(report.unreadable)} unreadable (listed in {report.out / 'report.csv'}); "
+          f"index: {report.out / 'index.json'}")
     return 0

@@ -1,15 +1,18 @@
 """Video decoding: count frames without trusting the header, decode only the frames asked for.
 
-A backend answers two questions about a file: :meth:`probe` (how many frames it really
+A backend answers two questions about a video: :meth:`probe` (how many frames it really
 has, found by reading the packet index, not the header) and :meth:`read` (the frames at
-given indices, as uint8 (T, H, W, 3) RGB). Indices are positions in presentation order,
-so variable frame rate needs no special case. PyAV is the default (its wheels bundle
-FFmpeg); torchcodec is used where it imports and works (it needs a system FFmpeg).
+given indices, as uint8 (T, H, W, 3) RGB). The video is a file path, or its bytes in
+memory (:class:`VideoBytes`: a member of a tar shard). Indices are positions in
+presentation order, so variable frame rate needs no special case. PyAV is the default
+(its wheels bundle FFmpeg); torchcodec is used where it imports and works (it needs a
+system FFmpeg).
 """
 
 from __future__ import annotations
 
 import bisect
+import io
 import os
 import stat
 import time
@@ -37,6 +40,22 @@ class VideoInfo:
     end_time: float = 0.0  # seconds: the last frame's timestamp plus one frame (0: unknown)
 
 
+@dataclass(frozen=True)
+class VideoBytes:
+    """A video held in memory (a member of a tar shard) and the name errors give it."""
+
+    data: bytes
+    name: str = "<bytes>"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def as_source(video) -> str | Path | VideoBytes:
+    """A path as is; bytes as :class:`VideoBytes`."""
+    return VideoBytes(bytes(video)) if isinstance(video, bytes | bytearray) else video
+
+
 # FFmpeg's text-art demuxers (tty for .txt/.nfo/.asc/..., bin, xbin, idf) render any text
 # file as frames of characters: FFmpeg "decodes" a text file as a video
 TEXT_CODECS = frozenset({"ansi", "bintext", "xbin", "idf"})
@@ -57,16 +76,21 @@ def refuse_text_file(path: str | Path, timeout: float = 30.0) -> None:
     whose first 4 KiB hold no NUL byte (text, not a container) are opened to ask FFmpeg;
     anything FFmpeg cannot open is left to the decoder's own message."""
     with open(path, "rb") as f:
-        if b"\0" in f.read(_SNIFF_BYTES):
-            return  # binary: every container format holds NUL bytes in its header
+        head = f.read(_SNIFF_BYTES)
+    _refuse_text_head(head, str(path), path, timeout)
+
+
+def _refuse_text_head(head: bytes, target, name, timeout: float) -> None:
+    if b"\0" in head:
+        return  # binary: every container format holds NUL bytes in its header
     import av
 
     try:
-        container = av.open(str(path), timeout=timeout)
+        container = av.open(target, timeout=timeout)
     except Exception:  # av.error.* and OSError
         return
     with container:
-        refuse_text(container, path)
+        refuse_text(container, name)
 
 
 def check_file(path: str | Path, timeout: float = 30.0) -> None:
@@ -86,6 +110,22 @@ def check_file(path: str | Path, timeout: float = 30.0) -> None:
         raise DecodeError(f"{path}: cannot open ({e.strerror})") from None
 
 
+def check_bytes(video: VideoBytes, timeout: float = 30.0) -> None:
+    """What :func:`check_file` refuses, for a video in memory: empty, or text."""
+    if not video.data:
+        raise DecodeError(f"{video}: empty file")
+    _refuse_text_head(video.data[:_SNIFF_BYTES], io.BytesIO(video.data), video, timeout)
+
+
+def _checked(video, timeout: float):
+    """What the decoder opens: the path as a string, or the bytes (file checks first)."""
+    if isinstance(video, VideoBytes):
+        check_bytes(video, timeout)
+        return video.data
+    check_file(video, timeout)
+    return str(video)
+
+
 class PyAVBackend:
     """Decoding with PyAV: seek to the keyframe before the first wanted frame, decode on."""
 
@@ -97,9 +137,11 @@ class PyAVBackend:
     def _open(self, path):
         import av
 
-        check_file(path, self.timeout)
+        target = _checked(as_source(path), self.timeout)
+        if isinstance(target, bytes):
+            target = io.BytesIO(target)
         try:
-            container = av.open(str(path), timeout=self.timeout)
+            container = av.open(target, timeout=self.timeout)
         except Exception as e:  # av.error.* and OSError
             if "Immediate exit" in str(e):  # FFmpeg's I/O interrupt: the timeout fired
                 raise DecodeError(f"{path}: opening took over {self.timeout:g}s") from None
@@ -114,6 +156,7 @@ class PyAVBackend:
         return container
 
     def probe(self, path) -> VideoInfo:
+        path = as_source(path)
         deadline = time.monotonic() + self.timeout
         with self._open(path) as container:
             stream = container.streams.video[0]
@@ -149,6 +192,7 @@ class PyAVBackend:
         """Frames ``indices`` as uint8 (T, H, W, 3); with ``short_side``, scaled by the
         decoder's own scaler (FFmpeg's swscale, area averaging) so that the shorter side
         is that long: full-size frames never reach Python."""
+        path = as_source(path)
         info = info or self.probe(path)
         if info.num_frames == 0:
             raise DecodeError(f"{path}: no video frames")
@@ -191,7 +235,11 @@ class PyAVBackend:
         targets = set(wanted)
         with self._open(path) as container:
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
+            threads = decoder_threads()
+            if threads:
+                stream.thread_count = threads
+            else:
+                stream.thread_type = "AUTO"
             if stamp is not None:
                 try:
                     container.seek(stamp, stream=stream, backward=True, any_frame=False)
@@ -230,9 +278,10 @@ class TorchCodecBackend:
     def _decoder(self, path):
         from torchcodec.decoders import VideoDecoder
 
-        check_file(path, self.timeout)
+        path = as_source(path)
+        target = _checked(path, self.timeout)
         try:
-            decoder = VideoDecoder(str(path), seek_mode="exact", dimension_order="NHWC")
+            decoder = VideoDecoder(target, seek_mode="exact", dimension_order="NHWC")
         except Exception as e:
             raise DecodeError(f"{path}: cannot open as video ({_short(e)})") from None
         if getattr(decoder.metadata, "codec", None) in TEXT_CODECS:
@@ -249,7 +298,7 @@ class TorchCodecBackend:
 
     def read(self, path, indices, info: VideoInfo | None = None,
              short_side: int | None = None) -> np.ndarray:
-        frames = self._read(path, indices)
+        frames = self._read(as_source(path), indices)
         if short_side is None:
             return frames
         import torch
@@ -285,6 +334,14 @@ class TorchCodecBackend:
                               "do not decode")
         return np.stack([frames[i] if i in frames else frames[_nearest(frames, i)]
                          for i in indices])
+
+
+def decoder_threads() -> int:
+    """FFmpeg threads for one decode: 0, FFmpeg picks (frame and slice threads), in a
+    DataLoader worker too: one thread per worker gave fewer clips per CPU-second on
+    Kinetics- and SSv2-like video (docs/data.md, lever (a); bench_loader.py patches this
+    function to measure it)."""
+    return 0
 
 
 def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:

@@ -3,8 +3,12 @@
 Training (Table I, Table X): random resized crop, horizontal flip, RandAugment, normalise,
 random erasing; every random choice is made once per clip, so all frames get the same
 crop, flip, augmentation ops and erased box, and every draw comes from the clip's
-``torch.Generator``. Test: resize the short side to the crop size, then one of K crops
-along the long side. The ops are torchvision's (v2 functional) and timm's RandAugment.
+``torch.Generator``. The loader's workers do the first three and hand over uint8 clips
+with their erasing draw (:meth:`TrainTransform.augment`); the training step normalises
+and erases a whole batch where the model runs (:func:`finish`): a quarter of the bytes to
+copy, and normalising a float clip was a third of a worker's augmentation time
+(docs/data.md). Test: resize the short side to the crop size, then one of K crops along
+the long side. The ops are torchvision's (v2 functional) and timm's RandAugment.
 """
 
 from __future__ import annotations
@@ -33,8 +37,39 @@ def to_tensor(frames: np.ndarray) -> Tensor:
 
 def normalize(video: Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Tensor:
     """uint8 (T, 3, H, W) -> float (3, T, H, W), (x / 255 - mean) / std."""
-    x = video.float().div_(255).permute(1, 0, 2, 3)
-    return (x - torch.tensor(mean).view(3, 1, 1, 1)) / torch.tensor(std).view(3, 1, 1, 1)
+    return _scale(video.permute(1, 0, 2, 3).contiguous().float(), mean, std, dim=0)
+
+
+def _scale(x: Tensor, mean, std, dim: int) -> Tensor:
+    """(x - 255 mean) / (255 std) in place, channels along ``dim``: two passes over the
+    float tensor, without the division by 255 (a third pass)."""
+    shape = [1] * x.dim()
+    shape[dim] = 3
+    m = torch.tensor(mean, device=x.device).mul(255).view(shape)
+    s = torch.tensor(std, device=x.device).mul(255).view(shape)
+    return x.sub_(m).div_(s)
+
+
+# a clip's random-erasing draw, as :meth:`TrainTransform.augment` hands it over: the box
+# (h = 0: no erasing) and the seed of its noise
+ERASE_FIELDS = ("top", "left", "height", "width", "seed")
+
+
+def finish(video: Tensor, erase: Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Tensor:
+    """The step after the loader: uint8 clips (N, 3, T, S, S), on any device, with their
+    erasing draws (N, 5) (:data:`ERASE_FIELDS`, on the CPU) -> normalised float clips,
+    erased where drawn, on the clips' device. Each box's noise comes from a generator
+    seeded by the clip's draw, so a clip is reproducible from its seed: on a GPU, one on
+    the GPU (no noise crosses the bus); elsewhere the CPU's."""
+    x = _scale(video.float(), mean, std, dim=1)
+    on_gpu = x.device.type == "cuda"
+    for i, (top, left, h, w, seed) in enumerate(erase.tolist()):
+        if h > 0:
+            g = torch.Generator(device=x.device if on_gpu else "cpu").manual_seed(seed)
+            noise = torch.randn((x.shape[1], x.shape[2], h, w), generator=g,
+                                device=g.device, dtype=x.dtype)
+            x[i, :, :, top:top + h, left:left + w] = noise.to(x.device)
+    return x
 
 
 def _uniform(a: float, b: float, generator) -> float:
@@ -66,10 +101,11 @@ def resized_crop_params(height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def erase(video: Tensor, generator, scale=(0.02, 1 / 3), ratio=(0.3, 3.3)) -> Tensor:
-    """Random erasing, pixel mode (Zhong et al.): one box, the same in every frame, filled
-    with per-pixel normal noise. ``video`` is normalised float (C, T, H, W)."""
-    _, t, height, width = video.shape
+def erase_draw(height: int, width: int, generator, scale=(0.02, 1 / 3),
+               ratio=(0.3, 3.3)) -> Tensor:
+    """Random erasing, pixel mode (Zhong et al.): one box, the same in every frame, to be
+    filled with per-pixel normal noise by :func:`finish`; (5,) int64, :data:`ERASE_FIELDS`
+    (all zero when no box fits in 10 draws)."""
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
         target = height * width * _uniform(*scale, generator)
@@ -79,11 +115,9 @@ def erase(video: Tensor, generator, scale=(0.02, 1 / 3), ratio=(0.3, 3.3)) -> Te
         if 0 < h < height and 0 < w < width:
             top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
             left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
-            video = video.clone()
-            noise = torch.randn(video.shape[0], t, h, w, generator=generator)
-            video[:, :, top:top + h, left:left + w] = noise
-            return video
-    return video
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+            return torch.tensor([top, left, h, w, seed])
+    return torch.zeros(5, dtype=torch.long)
 
 
 class ClipRandAugment:
@@ -142,7 +176,16 @@ class TrainTransform:
         self._swap = {a: b for a, b in self.flip_pairs} | {b: a for a, b in self.flip_pairs}
 
     def __call__(self, frames: np.ndarray, label: int, generator) -> tuple[Tensor, int]:
-        """uint8 (T, H, W, 3), label -> float (3, T, S, S), label (swapped if flipped)."""
+        """uint8 (T, H, W, 3), label -> float (3, T, S, S), label (swapped if flipped):
+        :meth:`augment` then :func:`finish`, the training path in one call."""
+        clip, label, erase = self.augment(frames, label, generator)
+        return finish(clip[None], erase[None], self.mean, self.std)[0], label
+
+    def augment(self, frames: np.ndarray, label: int,
+                generator) -> tuple[Tensor, int, Tensor]:
+        """The loader worker's part: uint8 (T, H, W, 3), label -> uint8 (3, T, S, S)
+        cropped, flipped and RandAugmented, the label (swapped if flipped), and the
+        erasing draw (5,) that :func:`finish` applies."""
         import torchvision.transforms.v2.functional as TF  # not at import: ~2 s (torchvision)
 
         video = to_tensor(frames)
@@ -155,10 +198,10 @@ class TrainTransform:
             label = self._swap.get(label, label)
         if self._augment is not None:
             video = self._augment(video, generator)
-        video = normalize(video, self.mean, self.std)
+        erase = torch.zeros(5, dtype=torch.long)
         if self.erase_prob and float(torch.rand(1, generator=generator)) < self.erase_prob:
-            video = erase(video, generator)
-        return video, label
+            erase = erase_draw(self.crop_size, self.crop_size, generator)
+        return video.permute(1, 0, 2, 3).contiguous(), label, erase
 
 
 @dataclass

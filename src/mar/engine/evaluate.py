@@ -187,18 +187,30 @@ def save_confusion(result: EvalResult, out_dir: str | Path,
 
 
 def eval_loader(cfg: Config, split: str, info: DistInfo):
-    """This rank's share of the ``val`` or ``test`` videos of ``cfg``, as batches of
-    their test views; its workers persist (a training run evaluates every epoch with the
-    same loader) and its batches are pinned on a GPU."""
+    """This rank's share of the ``val`` or ``test`` videos of ``cfg`` (of a list: every
+    world-th video; of shards: every world-th shard), as batches of their test views; its
+    workers persist (a training run evaluates every epoch with the same loader) and its
+    batches are pinned on a GPU."""
     from ..data import view_loader
+    from ..data.sharded import ShardedViews
     from ..runtime.distributed import ShardSampler
 
     data = cfg.dataset(split)
     # evaluation draws nothing at random, so more workers than cores gain nothing
     workers = min(cfg.data.num_workers, os.cpu_count() or 1)
-    sampler = ShardSampler(len(data), info.rank, info.world_size, shuffle=False)
+    if isinstance(data, ShardedViews):
+        data, sampler = data.for_rank(info.rank, info.world_size), None
+    else:
+        sampler = ShardSampler(len(data), info.rank, info.world_size, shuffle=False)
     return view_loader(data, cfg.eval.batch_size, workers=workers, sampler=sampler,
                        pin_memory=info.device.type == "cuda", persistent=True)
+
+
+def rank_videos(loader) -> int:
+    """The videos an :func:`eval_loader` gives this rank."""
+    if isinstance(loader.dataset, torch.utils.data.IterableDataset):
+        return len(loader.dataset)  # ShardedViews: this rank's samples, from the index
+    return len(loader.sampler)
 
 
 def run_eval(cfg: Config, model, split: str, info: DistInfo, out_dir: Path | None = None,
@@ -211,7 +223,7 @@ def run_eval(cfg: Config, model, split: str, info: DistInfo, out_dir: Path | Non
 
     masking = masking or cfg.test_masking()
     loader = loader or eval_loader(cfg, split, info)
-    bar = tqdm(total=len(loader.sampler), desc=f"{split} videos", disable=not info.is_main,
+    bar = tqdm(total=rank_videos(loader), desc=f"{split} videos", disable=not info.is_main,
                dynamic_ncols=True, leave=False)
     result = evaluate(model, loader, masking, info, cfg.model.num_classes, cfg.eval.merge,
                       amp=cfg.train.amp, views_per_call=cfg.eval.batch_size,

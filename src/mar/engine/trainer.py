@@ -27,7 +27,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..config import Config, save_config
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..data.mixup import VideoMixup
+from ..data.transforms import finish
 from ..errors import ConfigError
 from ..losses import LossTerms, mar_loss
 from ..masking import MaskingStrategy
@@ -94,26 +96,30 @@ def wrap_ddp(model, info: DistInfo):
 
 
 class TrainStep:
-    """Forward and backward of one micro-batch (mixup, a fresh training mask, autocast),
+    """Forward and backward of one micro-batch (the clips finished on the device:
+    normalised and erased; mixup, a fresh training mask, autocast),
     and, every ``accum_steps`` micro-batches, the optimizer update (LR, unscale, clipping,
     step). Gradients of the micro-batches in between are not all-reduced (``no_sync``)."""
 
     def __init__(self, model, net, optimizer, scaler, masking: MaskingStrategy,
                  mask_generator: torch.Generator, mixup, *, rec_weight: float,
                  label_smoothing: float, accum_steps: int, clip_grad: float | None,
-                 amp_dtype, info: DistInfo):
+                 amp_dtype, info: DistInfo, pixel_mean=IMAGENET_MEAN, pixel_std=IMAGENET_STD):
         self.model, self.net, self.optimizer, self.scaler = model, net, optimizer, scaler
         self.masking, self.mask_generator, self.mixup = masking, mask_generator, mixup
         self.rec_weight = rec_weight
         self.label_smoothing = 0.0 if mixup is not None else label_smoothing
         self.accum_steps, self.clip_grad, self.amp_dtype = accum_steps, clip_grad, amp_dtype
         self.info = info
+        self.pixel_mean, self.pixel_std = pixel_mean, pixel_std
         self.micro = 0
 
     def forward_backward(self, batch: dict) -> tuple[LossTerms, bool]:
         """Accumulate this micro-batch's gradient; True when an update is due."""
         device = self.info.device
         video, target = to_device(batch["video"], device), to_device(batch["label"], device)
+        # uint8 clips from the loader, normalised and erased here, on the training device
+        video = finish(video, batch["erase"], self.pixel_mean, self.pixel_std)
         if self.mixup is not None:
             video, target = self.mixup(video, target)
         mask = to_device(self.masking(video.shape[0], self.model.grid, train=True,
@@ -244,14 +250,14 @@ def _train(cfg: Config, run_dir: Path, info: DistInfo, *, resume: bool,
     loader = build_loader(train_set, tc.batch_size, info, workers=dc.num_workers,
                           seed=tc.seed)
     # effective batch, LR, steps and lambda: mar.engine.budget (also what `mar recipe` shows)
-    budget = plan(cfg, info.world_size, videos_per_process=len(loader.sampler))
+    budget = plan(cfg, info.world_size, videos_per_process=loader.videos_per_process)
     steps_per_epoch = budget.steps_per_epoch
     if steps_per_epoch == 0:
         raise ValueError(f"{len(train_set)} training videos make no full batch of "
                          f"{tc.batch_size} x {tc.accum_steps} accumulation x "
                          f"{info.world_size} processes")
-    val_loader = eval_loader(cfg, "val", info) if finetune and dc.val_list else None
-    if finetune and dc.test_list:
+    val_loader = eval_loader(cfg, "val", info) if finetune and dc.has_split("val") else None
+    if finetune and dc.has_split("test"):
         cfg.dataset("test")
     class_names(cfg)
     if info.is_main:
@@ -275,7 +281,8 @@ def _train(cfg: Config, run_dir: Path, info: DistInfo, *, resume: bool,
     step_fn = TrainStep(model, net, optimizer, scaler, cfg.masking.build(), mask_generator,
                         mixup, rec_weight=budget.rec_weight,
                         label_smoothing=dc.label_smoothing, accum_steps=tc.accum_steps,
-                        clip_grad=tc.clip_grad, amp_dtype=amp_dtype(tc.amp, info.device), info=info)
+                        clip_grad=tc.clip_grad, amp_dtype=amp_dtype(tc.amp, info.device), info=info,
+                        pixel_mean=cfg.model.pixel_mean, pixel_std=cfg.model.pixel_std)
     checkpointer = Checkpointer(run_dir, cfg, info, model, optimizer, scaler, mask_generator)
     step = checkpointer.resume() if resume else 0
     if info.is_main:
@@ -296,8 +303,8 @@ def _train(cfg: Config, run_dir: Path, info: DistInfo, *, resume: bool,
     model.train()
     while step < stop:
         epoch = step // steps_per_epoch
-        loader.sampler.set_epoch(epoch, start=(step % steps_per_epoch) * tc.accum_steps
-                                 * tc.batch_size)
+        loader.set_epoch(epoch, start=(step % steps_per_epoch) * tc.accum_steps
+                         * tc.batch_size)
         bar = tqdm(total=steps_per_epoch, initial=step % steps_per_epoch,
                    desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not info.is_main,
                    dynamic_ncols=True)
@@ -330,7 +337,7 @@ def _train(cfg: Config, run_dir: Path, info: DistInfo, *, resume: bool,
         bar.close()
         metrics = {"train_loss": mean_across_ranks(values["loss"], info)}
         epoch_done = step % steps_per_epoch == 0
-        if finetune and dc.val_list and (
+        if finetune and dc.has_split("val") and (
                 step >= stop or (epoch_done and (epoch + 1) % tc.eval_every == 0)):
             result = run_eval(cfg, model, "val", info, loader=val_loader)  # workers persist
             metrics |= {"val_top1": result.video_top1, "val_top5": result.video_top5}
@@ -339,7 +346,7 @@ def _train(cfg: Config, run_dir: Path, info: DistInfo, *, resume: bool,
         checkpointer.save(step, epoch, metrics)
 
     summary = _summary(cfg, model, info, start_time, skipped, checkpointer.best)
-    if dc.test_list and finetune:
+    if dc.has_split("test") and finetune:
         result = run_eval(cfg, model, "test", info, out_dir=run_dir)
         summary |= {f"test_{k}": v for k, v in result.summary().items()}
     if info.is_main:

@@ -14,9 +14,14 @@ The alternatives MAR's masking is measured against (``benchmarks/bench_token_red
   Faster Video Transformers with Run-Length Tokenization", NeurIPS 2024). A tubelet whose
   pixels differ from the same location in the previous tubelet by less than a threshold
   (mean absolute difference of the normalised input pixels) is a repeat and is dropped;
-  the first tubelet is always kept. The count varies per clip: a batch is padded to its
-  longest clip and the padding is hidden from attention and pooling. The paper's learned
-  length encoding needs training and is left out.
+  the first tubelet is always kept. Two rules (:data:`RLT_RULES`) say what "differ" is:
+  ``mean`` (ours) averages frame f against frame f - t over the tubelet's t frame pairs
+  and keeps a change ``>=`` the threshold; ``published`` is the authors' code
+  (``batched_find_idxs_to_keep``): the last frame of tubelet i against the first frame of
+  tubelet i - 1, kept when the change is strictly ``>`` the threshold. The count varies
+  per clip: a batch is padded to its longest clip and the padding is hidden from
+  attention and pooling. The paper's learned length encoding needs training and is left
+  out.
 - ``rlt+mar``: RLT, then MAR's cell running mask over what is left (defined below).
 
 Definition of RLT + MAR: a token is kept iff RLT keeps it **and** the deterministic
@@ -49,6 +54,7 @@ from .heads import BridgingHead, LinearHead, MLPHead
 from .mar import MAR
 
 METHODS = ("none", "random", "tome", "rlt", "rlt+mar")
+RLT_RULES = ("mean", "published")  # how RLT measures a tubelet's change (module docstring)
 
 
 class Tokens(NamedTuple):
@@ -86,45 +92,64 @@ def random_drop_mask(batch_size: int, grid: tuple[int, int, int], ratio: float,
 
 
 # ---------------------------------------------------------------- RLT
-def tubelet_change(video: Tensor, patch_size: int, tubelet_size: int) -> Tensor:
+def tubelet_change(video: Tensor, patch_size: int, tubelet_size: int,
+                   rule: str = "mean") -> Tensor:
     """How much each tubelet differs from the same location one tubelet earlier.
 
-    (B, C, T, H, W) normalised input -> (B, N) mean absolute difference over the
-    tubelet's t*p*p*C values (frame f against frame f - t), in (t, h, w) token order;
-    +inf for the first tubelet, which has no predecessor.
+    (B, C, T, H, W) normalised input -> (B, N) mean absolute difference, in (t, h, w)
+    token order; +inf for the first tubelet, which has no predecessor. ``rule="mean"``:
+    over the tubelet's t*p*p*C values, frame f against frame f - t; ``"published"``
+    (RLT's code): over p*p*C values, the tubelet's last frame against the previous
+    tubelet's first frame (frame t*i + t - 1 against frame t*(i - 1)).
     """
     b, c, frames, h, w = video.shape
     t, p = tubelet_size, patch_size
-    diff = (video[:, :, t:] - video[:, :, :-t]).abs().float()           # (B, C, T-t, H, W)
-    diff = diff.view(b, c, frames // t - 1, t, h // p, p, w // p, p).mean((1, 3, 5, 7))
+    if rule == "mean":
+        diff = (video[:, :, t:] - video[:, :, :-t]).abs().float()       # (B, C, T-t, H, W)
+        diff = diff.view(b, c, frames // t - 1, t, h // p, p, w // p, p).mean((1, 3, 5, 7))
+    elif rule == "published":
+        last, first = video[:, :, 2 * t - 1::t], video[:, :, :-t:t]     # (B, C, T/t-1, H, W)
+        diff = (last - first).abs().float()
+        diff = diff.view(b, c, frames // t - 1, h // p, p, w // p, p).mean((1, 4, 6))
+    else:
+        raise ValueError(f"unknown RLT rule {rule!r}; known: {', '.join(RLT_RULES)}")
     first = diff.new_full((b, 1, h // p, w // p), math.inf)
     return torch.cat((first, diff), 1).flatten(1)
 
 
-def rlt_keep(video: Tensor, patch_size: int, tubelet_size: int, threshold: float) -> Tensor:
-    """(B, N) bool, True = kept: the tubelet changed by at least ``threshold``."""
+def rlt_keep(video: Tensor, patch_size: int, tubelet_size: int, threshold: float,
+             rule: str = "mean") -> Tensor:
+    """(B, N) bool, True = kept: the tubelet changed by at least ``threshold`` (``mean``)
+    or by more than it (``published``); the first tubelet is always kept."""
     if threshold < 0:
         raise ValueError(f"rlt: threshold must be >= 0, got {threshold}")
-    return tubelet_change(video, patch_size, tubelet_size) >= threshold
+    change = tubelet_change(video, patch_size, tubelet_size, rule)
+    if rule == "mean":
+        return change >= threshold
+    return (change > threshold) | torch.isinf(change)      # inf: the first tubelet
 
 
 def calibrate_rlt_threshold(changes: Tensor, keep_fraction: float,
-                            candidates: Tensor | None = None) -> float:
+                            candidates: Tensor | None = None, rule: str = "mean") -> float:
     """The RLT threshold that keeps ``keep_fraction`` of all tokens on average.
 
     ``changes``: (B, N) from :func:`tubelet_change` on unlabelled calibration clips;
     ``candidates``: (B, N) bool, the tokens another rule (the running mask) leaves, so
-    that the kept fraction is that of ``changes >= threshold`` within them. The result
-    is the k-th largest change, k = round(keep_fraction * B * N); 0 keeps all candidates,
-    inf only the first tubelet.
+    that the kept fraction is that of the kept changes within them. With k =
+    round(keep_fraction * B * N), the result is the k-th largest change for ``mean``
+    (kept: ``>=``) and the (k+1)-th for ``published`` (kept: ``>``); 0 keeps all
+    candidates (``published``: all that changed at all), inf only the first tubelet.
     """
     if not 0 < keep_fraction <= 1:
         raise ValueError(f"rlt: keep fraction must be in (0, 1], got {keep_fraction}")
+    if rule not in RLT_RULES:
+        raise ValueError(f"unknown RLT rule {rule!r}; known: {', '.join(RLT_RULES)}")
     values = changes[candidates] if candidates is not None else changes.flatten()
     k = round(keep_fraction * changes.numel())
     if k >= values.numel():
         return 0.0
-    return float(values.sort(descending=True).values[max(k, 1) - 1])
+    ranked = values.sort(descending=True).values
+    return float(ranked[max(k, 1) - 1] if rule == "mean" else ranked[k])
 
 
 def pad_kept(keep: Tensor) -> tuple[Tensor, Tensor]:
@@ -221,12 +246,15 @@ class TokenReduction(nn.Module):
     method: one of :data:`METHODS`. ratio: the fraction dropped (``random``) or masked by
     the cell running mask (``rlt+mar``). tome_r: tokens merged per encoder block (an int or
     one per block). rlt_threshold: mean absolute pixel change below which a tubelet is a
-    repeat. seed: the generator of ``random``. ``counts`` collects the tokens each clip
-    had entering the encoder blocks (for RLT's mean kept tokens and mean FLOPs).
+    repeat. rlt_rule: how a tubelet's change is measured (:data:`RLT_RULES`: ``mean``,
+    ours, or ``published``, RLT's code). seed: the generator of ``random``. ``counts``
+    collects the tokens each clip had entering the encoder blocks (for RLT's mean kept
+    tokens and mean FLOPs).
     """
 
     def __init__(self, model: MAR, method: str = "none", ratio: float = 0.0,
-                 tome_r: int | Sequence[int] = 0, rlt_threshold: float = 0.0, seed: int = 0):
+                 tome_r: int | Sequence[int] = 0, rlt_threshold: float = 0.0,
+                 rlt_rule: str = "mean", seed: int = 0):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"unknown token reduction {method!r}; known: {', '.join(METHODS)}")
@@ -234,6 +262,8 @@ class TokenReduction(nn.Module):
             raise ValueError(f"{method}: ratio must be in [0, 1), got {ratio}")
         if rlt_threshold < 0:
             raise ValueError(f"rlt: threshold must be >= 0, got {rlt_threshold}")
+        if rlt_rule not in RLT_RULES:
+            raise ValueError(f"unknown RLT rule {rlt_rule!r}; known: {', '.join(RLT_RULES)}")
         head = model.head
         if method in ("tome", "rlt", "rlt+mar") and isinstance(head, BridgingHead) and (
                 head.pos_embed is not None or head.mask_token is not None):
@@ -244,6 +274,7 @@ class TokenReduction(nn.Module):
         self.ratio = float(ratio)
         self.tome_r = tome_schedule(tome_r, len(model.encoder.blocks))
         self.rlt_threshold = float(rlt_threshold)
+        self.rlt_rule = rlt_rule
         self.generator = torch.Generator().manual_seed(seed)
         self.counts: list[int] = []
         self.visible = None  # (1, N) bool: the evaluation cell running mask, drawn once
@@ -272,16 +303,19 @@ class TokenReduction(nn.Module):
             left = n - sum(r for _, r in tome_token_counts(n, self.tome_r))
             r = self.tome_r[0] if len(set(self.tome_r)) == 1 else self.tome_r
             return f"ToMe r={r} per block ({n} -> {left} tokens)"
+        rule = "" if self.rlt_rule == "mean" else f" ({self.rlt_rule} rule)"
         if self.method == "rlt":
-            return f"RLT threshold {self.rlt_threshold:g}"
+            return f"RLT threshold {self.rlt_threshold:g}{rule}"
         if self.method == "rlt+mar":
-            return f"RLT threshold {self.rlt_threshold:g} + cell running {self.ratio:.0%}"
+            return (f"RLT threshold {self.rlt_threshold:g}{rule} + cell running "
+                    f"{self.ratio:.0%}")
         return "none (all tokens)"
 
     def keep(self, video: Tensor) -> Tensor:
         """(B, N) bool, True = kept, for ``rlt`` and ``rlt+mar``."""
         pe = self.model.encoder.patch_embed
-        keep = rlt_keep(video, pe.patch_size, pe.tubelet_size, self.rlt_threshold)
+        keep = rlt_keep(video, pe.patch_size, pe.tubelet_size, self.rlt_threshold,
+                        self.rlt_rule)
         if self.visible is not None:
             keep = keep & self.visible.to(keep.device)
         return keep
