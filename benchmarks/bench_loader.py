@@ -36,22 +36,25 @@ Arms (``--arms``):
 * ``before``: mar before the levers, rebuilt here: the worker normalises (``(x / 255 -
   mean) / std`` broadcast over the permuted float clip), erases (on a copy) and hands over
   float clips; FFmpeg picks its threads in every worker (AUTO); the batch is collated by
-  ``torch.stack`` (the hand-off then copies it into shared memory once more).
+  ``torch.stack`` (the hand-off then copies it into shared memory once more); every clip
+  probes its file and decodes every frame from the keyframe on (``PyAVBackend`` with
+  ``skip_nonref=False, probe_cache=0``).
 * The levers, each added alone to ``before`` (all but (a) shipped): (a) ``threads1`` one
   FFmpeg thread per worker (:func:`mar.data.decode.decoder_threads` patched to 1: slower
   than FFmpeg's own choice when measured against the shipped arm, so not shipped); (b)
-  ``normalise`` the worker
-  normalises and erases in place (``finish``); (c) ``shm`` the batch collated straight
-  into shared memory (``default_collate``); (d) ``uint8`` the uint8 hand-off. (b) and (d)
-  overlap: after (d) the worker no longer normalises.
+  ``normalise`` the worker normalises and erases in place (``finish``); (c) ``shm`` the
+  batch collated straight into shared memory (``default_collate``); (d) ``uint8`` the
+  uint8 hand-off; (g) ``probe`` the probe cached per worker (the timed passes all hit: a
+  bound); (h) ``nonref`` unwanted non-reference frames of H.264/HEVC left undecoded
+  (FFmpeg's ``skip_frame``, frames found by timestamp; checked against decoding every
+  frame on the set's files before it is timed). (b) and (d) overlap: after (d) the worker
+  no longer normalises.
+* ``uncached``: mar with every clip probing its file, as in a set far larger than the
+  probe cache (Kinetics: 240k videos).
 * Not shipped, each added to ``mar``: (e) ``resized`` the set re-encoded by ``mar data
-  resize --short-side 320``; (f) ``torchcodec`` with ``seek_mode="approximate"``; (g)
-  ``probe`` the probe cached per worker (the timed passes all hit: a bound); (h)
-  ``nonref`` unwanted non-reference frames left undecoded (FFmpeg's ``skip_frame``,
-  frames found by timestamp; checked to return the shipped decoder's pixels before it is
-  timed); ``best`` g + h.
-* ``pinned``: mar, before, videomae and best on one pinned worker; ``stages``: ms per
-  stage in one process and thread (where the time goes).
+  resize --short-side 320``; (f) ``torchcodec`` with ``seek_mode="approximate"``.
+* ``pinned``: mar, before and videomae on one pinned worker; ``stages``: ms per stage in
+  one process and thread (where the time goes).
 
 The VideoMAE arm needs decord, which mar does not depend on::
 
@@ -67,11 +70,9 @@ run, take a few minutes more); ``--clips 4 --repeats 1 --videos 2`` checks it en
 from __future__ import annotations
 
 import argparse
-import bisect
 import contextlib
 import gc
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -87,7 +88,7 @@ import torch
 from torch import Tensor
 
 from mar.data import ClipSampling, TrainTransform, VideoRecord, available_backends, collate
-from mar.data.decode import DecodeError, PyAVBackend, TorchCodecBackend, VideoInfo
+from mar.data.decode import PyAVBackend, TorchCodecBackend
 from mar.data.transforms import finish
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,31 +99,36 @@ SETS = {"kinetics": "k400_vit_base_mar50", "ssv2": "ssv2_vit_base_mar50",
 ARMS = {
     "mar": "mar, as shipped (uint8 hand-off: the workers)",
     "videomae": "VideoMAE way (decord, PIL RandAugment on full frames)",
-    "before": "mar before the levers (float hand-off, FFmpeg AUTO threads, old normalise)",
+    "before": "mar before the levers (float hand-off, old normalise, every frame decoded, "
+              "every clip probed)",
     "threads1": "(a) before + 1 FFmpeg thread per worker",
     "normalise": "(b) before + in-place normalise and erase",
     "shm": "(c) before + collate straight into shared memory",
     "uint8": "(d) before + uint8 hand-off: the workers",
+    "probe": "(g) before + probe cached per worker",
+    "nonref": "(h) before + skip unwanted non-reference frames",
+    "uncached": "mar, every clip probed (a set far larger than the probe cache)",
     "resized": "(e) mar + re-encoded by `mar data resize` (320p)",
     "torchcodec": "(f) mar + torchcodec seek_mode=approximate",
-    "probe": "(g) mar + probe cached per worker",
-    "nonref": "(h) mar + skip unwanted non-reference frames",
-    "best": "mar + g + h (not shipped)",
     "pinned": "1 worker pinned to one core",
     "stages": "ms per stage, one process and thread (after the rest: it imports decord)",
 }
 MAIN_SIDE = "mar: finish (normalise + erase) on the main process or device"
 # the pipeline before the levers, and each lever alone added to it (keywords of ours())
-BEFORE = {"worker_finish": "old", "auto_threads": True, "stack": True}
+BEFORE = {"worker_finish": "old", "auto_threads": True, "stack": True, "skip_nonref": False,
+          "probe_cache": False}
 LEVERS = {"threads1": {"auto_threads": False}, "normalise": {"worker_finish": "fast"},
-          "shm": {"stack": False}, "uint8": {"worker_finish": ""}}
+          "shm": {"stack": False}, "uint8": {"worker_finish": ""},
+          "probe": {"probe_cache": True}, "nonref": {"skip_nonref": True}}
 # the default arms of each set (--arms sets them for all): every lever on kinetics, those
-# that can differ elsewhere on the others (no non-reference frames in VP9; one pinned set)
+# that can differ elsewhere on the others (nothing to skip in VP9, nor in the real videos:
+# MPEG-4 AVI, Cinepak and H.264 without B-frames; one pinned set)
 DEFAULT_ARMS = {
     "kinetics": list(ARMS),
-    "ssv2": ["mar", "videomae", "before", "threads1", "uint8", "resized", "torchcodec",
+    "ssv2": ["mar", "videomae", "before", "threads1", "uint8", "probe", "uncached",
+             "resized", "torchcodec", "stages"],
+    "real": ["mar", "videomae", "before", "probe", "uncached", "resized", "torchcodec",
              "stages"],
-    "real": ["mar", "videomae", "before", "resized", "torchcodec", "nonref", "stages"],
 }
 
 
@@ -304,150 +310,23 @@ def pinned_main(cpu: int | None):
         os.sched_setaffinity(0, saved)
 
 
-# codecs whose decoder output carries each packet's timestamp in presentation order (not
-# MPEG-4 Part 2 in AVI, whose packed B-frames come out with shuffled timestamps) and have
-# non-reference frames to skip (B-frames; VP9 and Cinepak have none)
-SKIPPING_CODECS = frozenset({"h264", "hevc"})
-
-
-class VariantPyAV(PyAVBackend):
-    """:class:`PyAVBackend` with the candidate changes as switches.
-
-    ``cache_probe``: each worker keeps every probe. ``skip_nonref``: the probe also keeps
-    every frame's timestamp (in src: three lines in ``probe``, a field of
-    :class:`VideoInfo`); decoding sets FFmpeg's ``skip_frame="NONREF"`` for each packet
-    that is not a wanted frame, so a non-reference frame nobody wants is never
-    reconstructed, and finds frames by timestamp, not by counting (single-threaded, as
-    shipped in a worker; H.264 and HEVC only, and the shipped path where timestamps are
-    missing or repeat or the output is out of order)."""
-
-    def __init__(self, timeout: float = 30.0, *, cache_probe: bool = False,
-                 skip_nonref: bool = False):
-        super().__init__(timeout)
-        self.cache_probe, self.skip_nonref = cache_probe, skip_nonref
-        self._probes: dict[str, VideoInfo] = {}
-        self._sink: list | None = None  # timestamps recorded while probing
-        self._codec = ""
-
-    def _open(self, path):
-        container = super()._open(path)
-        if self._sink is not None:
-            self._codec = container.streams.video[0].codec_context.name
-            return _Recording(container, self._sink)
-        return container
-
-    def probe(self, path) -> VideoInfo:
-        if self.cache_probe and str(path) in self._probes:
-            return self._probes[str(path)]
-        if not self.skip_nonref:
-            info = super().probe(path)
-        else:  # the shipped probe, its demux recording every packet's timestamp
-            self._sink = []
-            try:
-                info = super().probe(path)
-                stamps = self._sink
-            finally:
-                self._sink = None
-            usable = self._codec in SKIPPING_CODECS and len(stamps) == info.num_frames \
-                and None not in stamps and len(set(stamps)) == len(stamps)
-            info = StampedInfo(**{f.name: getattr(info, f.name) for f in fields(info)},
-                               stamps=tuple(sorted(stamps)) if usable else ())
-        if self.cache_probe:
-            self._probes[str(path)] = info
-        return info
-
-    def _decode(self, path, wanted, info, size=None):
-        stamps = getattr(info, "stamps", ())
-        if not self.skip_nonref or not stamps:
-            return super()._decode(path, wanted, info, size)
-        frames = self._decode_skipping(path, wanted, info, stamps, size)
-        if len(frames) < len(wanted):  # a seek past a wanted frame, or unordered output
-            return super()._decode(path, wanted, info, size)
-        return frames
-
-    def _decode_skipping(self, path, wanted, info, stamps, size):
-        scale = {} if size is None else {"width": size[0], "height": size[1],
-                                         "interpolation": "AREA"}
-        index_of = {stamps[i]: i for i in wanted}
-        k = bisect.bisect_right(info.keyframes, wanted[0]) - 1
-        frames: dict[int, np.ndarray] = {}
-        last = -math.inf  # the last output frame's timestamp
-        deadline = time.monotonic() + self.timeout
-        with self._open(path) as container:
-            stream = container.streams.video[0]
-            stream.thread_count = 1  # skip_frame is read per packet: no frame threads
-            context = stream.codec_context
-            if k >= 0 and info.keyframes[k] > 0 and k < len(info.keyframe_stamps):
-                container.seek(info.keyframe_stamps[k], stream=stream, backward=True,
-                               any_frame=False)
-            try:
-                for packet in container.demux(stream):
-                    if time.monotonic() > deadline:
-                        raise DecodeError(f"{path}: decoding took over {self.timeout:g}s")
-                    keep = packet.pts in index_of or packet.is_keyframe or packet.size == 0
-                    context.skip_frame = "DEFAULT" if keep else "NONREF"
-                    for frame in context.decode(packet):
-                        pts = frame.pts
-                        j = bisect.bisect_left(stamps, pts) if pts is not None else 0
-                        if pts is None or j == len(stamps) or stamps[j] != pts or pts <= last:
-                            return {}  # output not in presentation order (AVI packed
-                            # B-frames): timestamps do not name frames, decode as shipped
-                        last = pts
-                        if pts in index_of:
-                            frames[index_of[pts]] = frame.to_ndarray(format="rgb24", **scale)
-                    if len(frames) == len(index_of):
-                        break
-            except DecodeError:
-                raise
-            except Exception:  # a damaged tail: what decoded is kept, as shipped
-                pass
-        return frames
-
-
-class _Recording:
-    """A PyAV container whose ``demux`` also appends each packet's ``pts`` to ``sink``."""
-
-    def __init__(self, container, sink: list):
-        self._container, self._sink = container, sink
-
-    def __enter__(self):
-        self._container.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self._container.__exit__(*exc)
-
-    def __getattr__(self, name):
-        return getattr(self._container, name)
-
-    def demux(self, *args, **kwargs):
-        for packet in self._container.demux(*args, **kwargs):
-            if packet.size:
-                self._sink.append(packet.pts)
-            yield packet
-
-
-@dataclass(frozen=True)
-class StampedInfo(VideoInfo):
-    stamps: tuple[int, ...] = ()  # every frame's timestamp, presentation order
-
-
 def check_nonref(paths: list[Path], sampling: ClipSampling, tries: int = 3) -> str:
-    """Whether the ``nonref`` decoder returns the shipped decoder's pixels, on each file."""
-    shipped, variant = PyAVBackend(), VariantPyAV(skip_nonref=True, cache_probe=True)
+    """Whether skipping non-reference frames returns the pixels of decoding every frame,
+    on each file (tests/test_decode_skip.py checks it on made and real files)."""
+    skipping, counting = PyAVBackend(), PyAVBackend(skip_nonref=False)
     generator = torch.Generator().manual_seed(0)
-    same = total = fallback = 0
+    same = total = counted = 0
     for path in paths:
-        info = variant.probe(path)
-        fallback += not info.stamps
+        info = skipping.probe(path)
+        counted += not info.stamps
         for _ in range(tries):
             indices = sampling.indices(info.num_frames, train=True, generator=generator)
             total += 1
-            same += np.array_equal(shipped.read(path, indices), variant.read(path, indices,
-                                                                             info))
-    note = f"; {fallback} file(s) decoded the shipped way (not H.264/HEVC, or timestamps " \
-        "that do not name frames)" if fallback else ""
-    return f"nonref decoder: the shipped decoder's pixels on {same} of {total} clips{note}"
+            same += np.array_equal(skipping.read(path, indices, info),
+                                   counting.read(path, indices, info))
+    note = f"; {counted} file(s) counted, nothing skipped (not H.264/HEVC with B-frames, " \
+        "or timestamps that do not name frames)" if counted else ""
+    return f"nonref: the pixels of decoding every frame on {same} of {total} clips{note}"
 
 
 class ApproximateTorchCodec(TorchCodecBackend):
@@ -562,14 +441,17 @@ def config_for(name: str, list_path: Path, repeats: int):
 
 
 def ours(cfg, backend=None, worker_finish: str = "", auto_threads: bool = True,
-         stack: bool = False) -> dict:
+         stack: bool = False, skip_nonref: bool = True, probe_cache: bool = True) -> dict:
     """A mar arm, as keywords of :func:`passes`: the config's training dataset and how
     its batches are made (the defaults: as shipped). ``backend``: a variant decoder;
     ``worker_finish`` "old" or "fast": a float hand-off (:class:`FloatHandOff`);
     ``auto_threads``: FFmpeg AUTO threads in the workers; ``stack``:
-    :func:`stacked_collate`."""
+    :func:`stacked_collate`; ``skip_nonref``, ``probe_cache``: PyAV's decode levers."""
     dataset = cfg.dataset("train")
     maker = dataset.clips  # mar.data.dataset.ClipMaker: the backend and the transform
+    if not (skip_nonref and probe_cache):
+        backend = PyAVBackend(cfg.data.decode_timeout, skip_nonref=skip_nonref,
+                              **({} if probe_cache else {"probe_cache": 0}))
     if backend is not None:
         maker._backend = backend  # built lazily in each worker: set before the fork
     if worker_finish:
@@ -651,9 +533,6 @@ def run_set(name: str, paths: list[Path], args, skips: list[str]) -> list[Row]:
             records, sampling, rand_augment=cfg.data.rand_augment, num_sample=args.aug_repeats,
             flip=name != "ssv2", crop_size=cfg.data.crop_size, erase_prob=cfg.data.erase_prob)}
 
-    def best() -> dict:
-        return ours(cfg, VariantPyAV(cache_probe=True, skip_nonref=True))
-
     arms = args.arms or DEFAULT_ARMS[name]
     decord = has_decord()
     if not decord and ("videomae" in arms or "pinned" in arms):
@@ -670,7 +549,11 @@ def run_set(name: str, paths: list[Path], args, skips: list[str]) -> list[Row]:
         elif arm == "before":
             timed(arm, ours(cfg, **BEFORE))
         elif arm in LEVERS:
+            if arm == "nonref":
+                skips.append(f"{name}: " + check_nonref(paths, sampling))
             timed(arm, ours(cfg, **BEFORE | LEVERS[arm]))
+        elif arm == "uncached":
+            timed(arm, ours(cfg, probe_cache=False))
         elif arm == "resized":
             resized, why = resized_paths(paths, work, name)
             if not resized:
@@ -685,19 +568,12 @@ def run_set(name: str, paths: list[Path], args, skips: list[str]) -> list[Row]:
                              "import or work here (it needs a system FFmpeg)")
                 continue
             timed(arm, ours(cfg, ApproximateTorchCodec()))
-        elif arm == "probe":
-            timed(arm, ours(cfg, VariantPyAV(cache_probe=True)))
-        elif arm == "nonref":
-            skips.append(f"{name}: " + check_nonref(paths, sampling))
-            timed(arm, ours(cfg, VariantPyAV(skip_nonref=True)))
-        elif arm == "best":
-            timed(arm, best())
         elif arm == "pinned":
             if len(cores) < 2:
                 skips.append(f"{name}: pinned arms skipped: this process may use one core")
                 continue
             for pin, parts in [("mar", ours(cfg)), ("before", ours(cfg, **BEFORE)),
-                               ("videomae", videomae() if decord else None), ("best", best())]:
+                               ("videomae", videomae() if decord else None)]:
                 if parts is not None:
                     timed(pin, parts, f"{ARMS[pin]}, pinned", pinned=True)
     return rows
@@ -708,7 +584,8 @@ def stage_times(name: str, paths: list[Path], args) -> dict[str, float]:
     in this process, on one thread: where the time goes. Imports decord."""
     cfg = config_for(name, Path(args.work) / "lists" / f"{name}.csv", args.aug_repeats)
     sampling = ClipSampling(cfg.data.sampling, cfg.data.num_frames, cfg.data.stride)
-    shipped, nonref = PyAVBackend(), VariantPyAV(skip_nonref=True)
+    # no probe cache: each probe is timed
+    shipped, counting = PyAVBackend(probe_cache=0), PyAVBackend(skip_nonref=False, probe_cache=0)
     transform = cfg.dataset("train").clips.transform
     videomae = None
     if has_decord():
@@ -733,14 +610,11 @@ def stage_times(name: str, paths: list[Path], args) -> dict[str, float]:
             for k in range(args.clips):
                 path = str(paths[k % len(paths)])
                 turn = 1 if k % 2 == 0 else -1  # alternate: the first pays for cold caches
-                probes = {stage: clock(stage, backend.probe, path) for stage, backend in
-                          [("probe", shipped), ("probe keeping timestamps", nonref)][::turn]}
-                info, stamped = probes["probe"], probes["probe keeping timestamps"]
+                info = clock("probe", shipped.probe, path)
                 indices = sampling.indices(info.num_frames, train=True, generator=generator)
-                for stage, backend, known in [("decode", shipped, info),
-                                              ("decode skipping non-ref", nonref,
-                                               stamped)][::turn]:
-                    frames = clock(stage, backend.read, path, indices, known)
+                for stage, backend in [("decode", shipped),
+                                       ("decode every frame", counting)][::turn]:
+                    frames = clock(stage, backend.read, path, indices, info)
                 clip, _, draw = clock("augment", transform.augment, frames, 0, generator)
                 clock("finish", finish, clip[None], draw[None], transform.mean, transform.std)
                 clock("before: normalise + erase", old_finish, clip, draw, transform.mean,
@@ -800,7 +674,7 @@ def gpu_lines(rows: list[Row], tflops: float, util: float) -> tuple[list[str], d
         lines.append(f"- {label} ({config}): training forward {fwd:.1f} GMACs per clip "
                      f"(deploy {deploy:.1f}), so one GPU consumes {clips:.0f} clips/s")
     for s in dict.fromkeys(r.set for r in rows):
-        for arm in ("mar", "before", "best", "videomae"):
+        for arm in ("mar", "uncached", "before", "videomae"):
             row = next((r for r in rows if r.set == s and r.arm == arm and not r.pinned
                         and not r.main_side), None)
             if row is None:

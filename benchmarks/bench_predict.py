@@ -11,6 +11,17 @@ frames the same indices name (iterating the stream, as the model card's
 ``read_video_pyav``), prepares them with ``VideoMAEImageProcessor`` and runs the model;
 the report gives the top-1 agreement of the full-token arms on these identical views.
 
+The deployment arms (``--arms``, all by default) run the same ``predict`` on what
+``--runtime auto`` chooses for each model (``runtimes``: the fastest installed runtime in
+float32, full tokens and MAR 50 %, measured once per shape as ``mar predict`` does;
+``int8``: the faster int8 runtime, MAR 50 %), and the full-token runtime arm with its
+decoding not overlapped with the model (``overlap``: ``--workers 0`` against ``predict``'s
+default loader workers, which decode the next videos while the model runs). The goals of
+the deployment issue (full tokens >= 1.5x the transformers way, MAR 50 % >= 3x, MAR 50 %
+int8 >= 5x) are printed beside them, with the CPU's instruction sets, and the model-only
+int8 against float32 from auto's measurements. ``--arms torch`` runs only the torch arms
+(with ``transformers`` always).
+
 ``--bf16`` adds the same arms in bf16 (``mar predict --amp bf16``; the transformers way
 under ``torch.autocast("cpu", torch.bfloat16)``, which is what its user would write) and
 reports how far bf16 moves the probabilities from fp32: the precision is a user's choice,
@@ -21,6 +32,7 @@ them (written once into ``--work``). Start-up (``mar predict`` as a command, imp
 included) is measured on its own.
 
     python benchmarks/bench_predict.py --repeats 3 [--bf16]
+    python benchmarks/bench_predict.py --repeats 1 --long 1 --arms runtimes int8   # quick
 """
 
 from __future__ import annotations
@@ -28,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -37,9 +48,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_runtime import instruction_sets, versions
+
+from mar.runtime.device import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDEOS = ROOT / "tests" / "data" / "videos"       # the test videos (their README)
+ARMS = ("torch", "runtimes", "int8", "overlap")
+GOALS = {"full tokens, best runtime": 1.5, "MAR 50 %, best runtime": 3.0,
+         "MAR 50 %, int8": 5.0}                   # x the transformers way, fp32
 
 
 def long_videos(work: Path, count: int, seconds: float) -> list[Path]:
@@ -127,6 +144,51 @@ def transformers_way(hf, processor, videos: list[Path], indices_of,
     return out
 
 
+def runtime_arms(arms: dict, args, models: dict, dirs: dict, videos: list[Path]) -> dict:
+    """Add the deployment arms (module docstring) to ``arms``; return auto's choices."""
+    from mar.inference import predict
+    from mar.inference.runtime import choose_runtime
+
+    choices = {}
+    wanted = [("full", "full tokens", False)] * bool({"runtimes", "overlap"} & set(args.arms))
+    wanted += [("mar50", "MAR 50 %", False)] * ("runtimes" in args.arms)
+    wanted += [("mar50", "MAR 50 %", True)] * ("int8" in args.arms)
+    per_call = (args.batch_sizes or [None])[0]
+    for name, label, int8 in wanted:
+        model, cfg = models[name]
+        masking = cfg.test_masking()
+        choice = choose_runtime(model, masking, dirs[name], int8=int8,
+                                views_per_call=per_call)
+        print(choice.line(), file=sys.stderr)
+        choices[label, int8] = choice
+        kind = "int8" if int8 else "best runtime"
+        arm = f"mar predict, {label}, {kind} ({choice.runtime})"
+        runs = []
+        if "runtimes" in args.arms or int8:
+            runs.append((arm, args.workers))
+        if name == "full" and "overlap" in args.arms:
+            runs.append((f"{arm}, decoding not overlapped (--workers 0)", 0))
+        for arm_name, workers in runs:
+            arms[arm_name] = (lambda runner=choice.model, cfg=cfg, masking=masking,
+                              workers=workers: predict(runner, cfg, videos, masking,
+                                                       workers=workers,
+                                                       views_per_call=per_call))
+    return choices
+
+
+def model_only_lines(choices: dict) -> list[str]:
+    """Model-only seconds per call, int8 against float32, from auto's measurements."""
+    fp32, int8 = choices.get(("MAR 50 %", False)), choices.get(("MAR 50 %", True))
+    if fp32 is None or int8 is None or not fp32.seconds or not int8.seconds:
+        return []
+    a, b = fp32.seconds[fp32.runtime], int8.seconds[int8.runtime]
+    listed = "; ".join(f"{r} {'int8 ' * c.int8}{s:.3f} s" for c in (fp32, int8)
+                       for r, s in c.seconds.items())
+    return [f"model only, MAR 50 %, {fp32.views_per_call} views per call (auto's "
+            f"measurements: {listed}): int8 ({int8.runtime}) {a / b:.2f}x float32 "
+            f"({fp32.runtime})"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -139,6 +201,9 @@ def main() -> None:
                         help="mar predict --batch-size values to compare (default: its own)")
     parser.add_argument("--tiny", action="store_true", help="a 2-block model (tests)")
     parser.add_argument("--bf16", action="store_true", help="add the bf16 arms")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS),
+                        help="which of our arms to run (default: all; the transformers "
+                        "way always runs)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
@@ -166,9 +231,11 @@ def main() -> None:
     models = {name: load_model(d, None, SETTINGS) for name, d in dirs.items()}
     hf_name = "transformers (model card: PyAV + VideoMAEImageProcessor)"
     arms = {}
+    choices = runtime_arms(arms, args, models, dirs, videos)
     for dtype in ("fp32", "bf16") if args.bf16 else ("fp32",):
         tag = "" if dtype == "fp32" else ", bf16"
-        for name, label in (("mar50", "MAR 50 %"), ("full", "full tokens")):
+        for name, label in (("mar50", "MAR 50 %"), ("full", "full tokens")) * (
+                "torch" in args.arms):
             for b in args.batch_sizes or [None]:
                 per_call = ("" if len(args.batch_sizes or []) < 2
                             else f", {b} view{'s' * (b > 1)} per call")
@@ -196,7 +263,7 @@ def main() -> None:
     agree = sum(a == b for a, b in zip(full, theirs, strict=True))
     bf16_lines = []
     if args.bf16:  # how far bf16 moves each arm's top-5 probabilities from its fp32 run
-        for a in [a for a in arms if not a.endswith("bf16")]:
+        for a in [a for a in arms if a + ", bf16" in arms]:
             pairs = list(zip(map(top5, results[a]), map(top5, results[a + ", bf16"]),
                              strict=True))
             same = sum(max(x, key=x.get) == max(y, key=y.get) for x, y in pairs)
@@ -205,6 +272,8 @@ def main() -> None:
                               f"videos; largest change of a top-5 probability {gap:.4f}")
 
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    # auto's record of this shape was made by the runtime arms (without them, this run
+    # measures once)
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "mar", "predict", str(videos[0]), "--checkpoint",
                     str(dirs["mar50"]), "--json", *(f"--set={s}" for s in SETTINGS)],
@@ -219,14 +288,20 @@ def main() -> None:
     frames = sum(1 for _ in videos)
     print(f"\n{frames} videos ({len(videos) - args.long} test videos + {args.long} of "
           f"{args.seconds:g} s at 640x360), 1 view each, {'tiny' if args.tiny else 'ViT-B/16'}"
-          f", CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} "
-          f"threads), torch {torch.__version__}, median of {args.repeats}\n")
-    print("| arm | median s | videos/s | speed-up vs transformers fp32 | at equal precision |")
-    print("|---|--:|--:|--:|--:|")
+          f", CPU: {cpu_name()} ({torch.get_num_threads()} threads; {instruction_sets()}); "
+          f"{versions()}; median of {args.repeats}\n")
+    print("| arm | median s | videos/s | speed-up vs transformers fp32 | at equal precision "
+          "| goal |")
+    print("|---|--:|--:|--:|--:|--:|")
     for a in arms:
         same = hf_name + (", bf16" if a.endswith("bf16") else "")
+        ratio = med[hf_name] / med[a]
+        goal = next((g for k, g in GOALS.items() if a.startswith(f"mar predict, {k} (")), None)
+        verdict = "" if goal is None else (f">= {goal:g}x: {'met' if ratio >= goal else 'missed'}")
         print(f"| {a} | {med[a]:.2f} | {len(videos) / med[a]:.2f} | "
-              f"{med[hf_name] / med[a]:.2f}x | {med[same] / med[a]:.2f}x |")
+              f"{ratio:.2f}x | {med[same] / med[a]:.2f}x | {verdict} |")
+    for line in model_only_lines(choices):
+        print(line)
     print(f"\nfull-token top-1 agreement with transformers on the same views: {agree} of "
           f"{len(videos)}")
     for line in bf16_lines:

@@ -1,5 +1,6 @@
 """Accuracy per runtime on trained models: torch fp32 against ONNX Runtime / OpenVINO fp32
-and ONNX Runtime int8, on the same test views of the same videos.
+and their int8 (ONNX Runtime's dynamic quantisation, OpenVINO's NNCF weight compression),
+on the same test views of the same videos.
 
 For each run (e.g. the demo's ``standard`` and ``mar``), every video of ``--list`` is
 scored through the one inference path (``mar.data.VideoViews``, ``mar.inference.score``)
@@ -23,7 +24,8 @@ from mar.engine.evaluate import merge_views, predict_views
 from mar.inference import load_model
 from mar.inference.runtime import runtime_model
 
-ARMS = [("torch", False), ("onnxruntime", False), ("openvino", False), ("onnxruntime", True)]
+ARMS = [("torch", False), ("onnxruntime", False), ("openvino", False), ("onnxruntime", True),
+        ("openvino", True)]
 
 
 def video_scores(model, cfg, records, masking) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,14 +1,21 @@
-"""``mar serve`` under load: throughput and latency with micro-batching vs without.
+"""``mar serve`` under load: throughput and latency with micro-batching vs without, or
+across runtimes.
 
-Starts two servers on free localhost ports, on the same random model and the same
-synthetic video, one with ``--max-batch-size 1`` (no batching) and one with batching,
-and drives each with ``--clients`` concurrent HTTP clients posting the video, in turns
-(A, B, A, B, ...) so machine noise hits both alike. Each request is ``--views`` views
-(``data.test_clips``). The table gives medians over the repeats: answered requests per
-second, median and 95th-percentile latency, 429s (the designed answer when more
-requests are in flight than ``--queue-size``), and the server's resident memory.
+``--compare batching`` (the default) starts two servers on free localhost ports, on the
+same random model and the same synthetic video, one with ``--max-batch-size 1`` (no
+batching) and one with batching (on torch, ``OMP_NUM_THREADS=1`` in the servers).
+``--compare runtimes`` starts one batching server per ``--runtimes`` entry (``torch``,
+``onnxruntime``, ``openvino``, ``auto``, and ``onnxruntime-int8`` / ``openvino-int8`` for
+``--int8``; default: every one installed), each with the threads its runtime takes by
+default. Each server is driven with ``--clients`` concurrent HTTP clients posting the
+video, in turns (A, B, A, B, ...) so machine noise hits all alike. Each request is
+``--views`` views (``data.test_clips``). The table gives medians over the repeats:
+answered requests per second, median and 95th-percentile latency, 429s (the designed
+answer when more requests are in flight than ``--queue-size``), the server's resident
+memory, and the runtime that answered (``/readyz``).
 
     python benchmarks/bench_serve.py --repeats 3
+    python benchmarks/bench_serve.py --compare runtimes --repeats 3
 
 The tests use :class:`ServerProcess` and :func:`run_load` (tests/test_serve.py).
 """
@@ -18,7 +25,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -45,7 +51,7 @@ class ServerProcess:
     a context manager that waits for ``/readyz`` and stops the server (SIGTERM) after."""
 
     def __init__(self, checkpoint: str | Path, *args: str, token: str | None = None,
-                 startup_timeout: float = 180.0):
+                 startup_timeout: float = 180.0, omp_threads: int | None = 1):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = token
@@ -57,7 +63,9 @@ class ServerProcess:
                    "--port", str(self.port), *args]
         if token:
             command += ["--token", token]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+        if omp_threads:
+            env["OMP_NUM_THREADS"] = str(omp_threads)
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
                                         env=env)
         self.wait_ready(startup_timeout)
@@ -202,6 +210,35 @@ def make_video(path: Path, frames: int = 48, size: tuple[int, int] = (320, 240))
     return write_video(path, clip, fps=25)
 
 
+RUNTIME_ARMS = {"torch": ["--runtime", "torch"], "auto": [],
+                "onnxruntime": ["--runtime", "onnxruntime"],
+                "openvino": ["--runtime", "openvino"],
+                "onnxruntime-int8": ["--runtime", "onnxruntime", "--int8"],
+                "openvino-int8": ["--runtime", "openvino", "--int8"]}
+
+
+def installed_arms() -> list[str]:
+    """The runtime arms this machine can run."""
+    from mar.inference.runtime import installed
+
+    fp32, int8 = installed(), installed(int8=True)
+    return [*fp32, *(f"{r}-int8" for r in int8)]
+
+
+def setups_for(args) -> dict[str, list[str]]:
+    """server name -> its extra ``mar serve`` arguments."""
+    batching = ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms",
+                str(args.max_wait_ms)]
+    if args.compare == "runtimes":
+        return {f"--runtime {name.replace('-int8', ' --int8')}": [*RUNTIME_ARMS[name],
+                                                                 *batching]
+                for name in args.runtimes or installed_arms()}
+    return {"no batching (--max-batch-size 1)": ["--runtime", "torch", "--max-batch-size", "1",
+                                                 "--max-wait-ms", "0"],
+            f"batching (--max-batch-size {args.max_batch_size}, --max-wait-ms "
+            f"{args.max_wait_ms:g})": ["--runtime", "torch", *batching]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="vit_tiny")
@@ -216,7 +253,13 @@ def main() -> None:
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--max-wait-ms", type=float, default=10.0)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--compare", choices=["batching", "runtimes"], default="batching")
+    p.add_argument("--runtimes", nargs="+", choices=list(RUNTIME_ARMS),
+                   help="with --compare runtimes (default: every one installed)")
     args = p.parse_args()
+    from bench_runtime import instruction_sets, versions  # this script's folder
+
+    from mar.runtime.device import cpu_name
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -224,17 +267,22 @@ def main() -> None:
         video = make_video(folder / "clip.mp4").read_bytes()
         common = ["--set", f"data.test_clips={args.views}", "--set", "data.test_crops=1",
                   "--queue-size", str(args.queue_size), "--log-level", "warning"]
-        setups = {
-            "no batching (--max-batch-size 1)": ["--max-batch-size", "1",
-                                                 "--max-wait-ms", "0"],
-            f"batching (--max-batch-size {args.max_batch_size}, --max-wait-ms "
-            f"{args.max_wait_ms:g})": ["--max-batch-size", str(args.max_batch_size),
-                                      "--max-wait-ms", str(args.max_wait_ms)],
-        }
+        setups = setups_for(args)
+        omp = 1 if args.compare == "batching" else None
         results: dict[str, list[LoadResult]] = {name: [] for name in setups}
         rss: dict[str, float] = {}
         stages: dict[str, dict[str, float]] = {}
-        servers = {name: ServerProcess(model, *common, *extra) for name, extra in setups.items()}
+        servers = {}
+        answered: dict[str, str] = {}
+        try:
+            for name, extra in setups.items():
+                servers[name] = ServerProcess(model, *common, *extra, omp_threads=omp)
+                answered[name] = httpx.get(f"{servers[name].url}/readyz",
+                                           timeout=10).json()["model"]["runtime"]
+        except BaseException:
+            for server in servers.values():
+                server.stop()
+            raise
         try:
             for server in servers.values():  # warm-up pass, not counted
                 run_load(server.url, video, clients=args.clients, requests=2 * args.clients)
@@ -258,16 +306,17 @@ def main() -> None:
     print(f"mar serve, {args.model} {args.frames}x{args.size}^2 patch {args.patch_size}, "
           f"cell running 50 %, {args.views} view(s) per request, {args.clients} clients x "
           f"{args.requests} requests, median of {args.repeats} repeats; "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"OMP_NUM_THREADS=1 in the server, torch {__import__('torch').__version__}")
-    print("| server | requests/s | p50 latency ms | p95 latency ms | 200 | 429 | other | "
-          "RSS MiB | decode / queue / model ms (mean) | views per model call (mean) |")
-    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+          f"{cpu_name()}, {os.cpu_count()} CPUs ({instruction_sets()}), "
+          f"{'OMP_NUM_THREADS=1' if omp else 'default threads'} in the server, {versions()}")
+    print("| server | runtime answering | requests/s | p50 latency ms | p95 latency ms | 200 | "
+          "429 | other | RSS MiB | decode / queue / model ms (mean) | views per model call "
+          "(mean) |")
+    print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for name, runs in results.items():
         med = statistics.median
         other = sum(sum(n for c, n in r.codes.items() if c not in (200, 429)) + len(r.errors)
                     for r in runs)
-        print(f"| {name} | {med(r.throughput for r in runs):.1f} | "
+        print(f"| {name} | {answered[name]} | {med(r.throughput for r in runs):.1f} | "
               f"{1000 * med(r.percentile(0.5) for r in runs):.0f} | "
               f"{1000 * med(r.percentile(0.95) for r in runs):.0f} | "
               f"{sum(r.codes[200] for r in runs)} | {sum(r.codes[429] for r in runs)} | "

@@ -74,15 +74,16 @@ def test_reading_late_frames_seeks_instead_of_decoding_from_the_start(tmp_path, 
     starts = []
     original = dec._decode_from
 
-    def spy(path, wanted, start, stamp, size=None):
-        result = original(path, wanted, start, stamp, size)
-        starts.append((start, result is not None))
+    def spy(path, wanted, start, stamp, size=None, stamps=()):
+        result = original(path, wanted, start, stamp, size, stamps)
+        starts.append((start, result is not None, bool(stamps)))
         return result
 
     monkeypatch.setattr(dec, "_decode_from", spy)
     frames = dec.read(path, [52, 55])
     assert [frame_index(f) for f in frames] == [52, 55]
-    assert starts == [(50, True)]  # one decode, from the keyframe at 50, seek succeeded
+    # one decode, from the keyframe at 50, seek succeeded, frames found by timestamp
+    assert starts == [(50, True, True)]
 
 
 @pytest.mark.parametrize("kind", ["empty", "truncated", "not_video", "bitrot"])

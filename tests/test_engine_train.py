@@ -66,10 +66,10 @@ def test_tiny_mar_model_learns_motion_direction(learned):
 
 
 def test_int8_holds_the_accuracy_gates_on_the_trained_model(learned, squares, tmp_path):
-    """`mar eval --runtime onnxruntime --int8` of the trained model, against torch fp32 on
-    its 72 training and validation videos: top-1 within 0.5 point and the same top-1
-    class on at least 98 % of the videos (docs/deploy.md's gates); the fp32 runtimes
-    agree on every video."""
+    """Both int8 paths (ONNX Runtime's, OpenVINO's) of the trained model, against torch
+    fp32 on its 72 training and validation videos: top-1 within 0.5 point and the same
+    top-1 class on at least 98 % of the videos (docs/deploy.md's gates); the fp32 runtimes
+    agree on every video; `mar eval --int8` runs."""
     from mar.cli import main
     from mar.engine.evaluate import merge_views, predict_views
 
@@ -87,7 +87,7 @@ def test_int8_holds_the_accuracy_gates_on_the_trained_model(learned, squares, tm
     views = cfg.views_dataset(records, 1, 1)
     top = {}
     for runtime, int8 in (("torch", False), ("onnxruntime", False), ("openvino", False),
-                          ("onnxruntime", True)):
+                          ("onnxruntime", True), ("openvino", True)):
         m = runtime_model(model, masking, run, runtime, int8=int8)
         out = predict_views(m, view_loader(views, 8), masking)
         scores, labels, _ = merge_views(out["scores"], out["video"], out["label"],
@@ -99,8 +99,9 @@ def test_int8_holds_the_accuracy_gates_on_the_trained_model(learned, squares, tm
     assert accuracy["torch", False] > 60, accuracy
     assert torch.equal(top["onnxruntime", False], ref) and torch.equal(top["openvino", False],
                                                                       ref)
-    assert abs(accuracy["onnxruntime", True] - accuracy["torch", False]) <= 0.5, accuracy
-    assert (top["onnxruntime", True] == ref).float().mean().item() >= 0.98
+    for runtime in ("onnxruntime", "openvino"):
+        assert abs(accuracy[runtime, True] - accuracy["torch", False]) <= 0.5, accuracy
+        assert (top[runtime, True] == ref).float().mean().item() >= 0.98, runtime
     assert main(["eval", "--checkpoint", str(run), "--runtime", "onnxruntime", "--int8",
                  "--split", "val"]) == 0
 

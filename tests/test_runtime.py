@@ -1,6 +1,7 @@
-"""--runtime onnxruntime|openvino and --int8: the same probabilities as torch (fp32), the
-same visible tokens, a cache that is reused when it matches and rebuilt when it does
-not, and one-line errors for what cannot run."""
+"""--runtime onnxruntime|openvino|auto and --int8: the same probabilities as torch (fp32),
+the same visible tokens, a cache that is reused when it matches and rebuilt when it does
+not, auto's measurement recorded once and its fallbacks, and one-line errors for what
+cannot run."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from videos import REAL
 from mar.cli import main
 from mar.config import ConfigError
 from mar.inference import load_model, score
-from mar.inference.runtime import RuntimeModel, runtime_model
+from mar.inference.runtime import RuntimeModel, installed, runtime_model
 from mar.masking import make_masking
 
 VIEWS = ["--set", "data.test_clips=2", "--set", "data.test_crops=1"]
@@ -24,7 +25,8 @@ def weights(model_dir, tmp_path):
     """A private copy of the tests' model directory: each test gets its own cache."""
     import shutil
 
-    return shutil.copytree(model_dir, tmp_path / "model")
+    return shutil.copytree(model_dir, tmp_path / "model",     # not others' runtime cache
+                           ignore=shutil.ignore_patterns(".mar-runtime"))
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
@@ -43,16 +45,22 @@ def test_fp32_runtimes_give_torch_s_logits(weights, runtime):
                           score(model, views, masking, views_per_call=2), atol=1e-5)
 
 
-def test_a_runtime_model_runs_only_its_own_mask(weights):
-    model, cfg = load_model(weights)
-    compiled = runtime_model(model, cfg.test_masking(), weights, "onnxruntime")
+def refuses_other_masks(compiled, model, masking) -> None:
+    """``compiled`` runs only ``masking``'s visible tokens: another ratio, or the same
+    count of other tokens, is an error."""
     other = make_masking("cell_running", 0.75)(1, model.grid, train=False)
     with pytest.raises(ValueError, match="its own test-time mask"):
         compiled.classify(torch.zeros(1, 3, 8, 64, 64), other)
-    shifted = cfg.test_masking()(1, model.grid, train=False)
+    shifted = masking(1, model.grid, train=False)
     shifted.ids_keep[0, 0] = shifted.ids_mask[0, 0]       # same count, another token
     with pytest.raises(ValueError):
         compiled.classify(torch.zeros(1, 3, 8, 64, 64), shifted)
+
+
+def test_a_runtime_model_runs_only_its_own_mask(weights):
+    model, cfg = load_model(weights)
+    compiled = runtime_model(model, cfg.test_masking(), weights, "onnxruntime")
+    refuses_other_masks(compiled, model, cfg.test_masking())
 
 
 def test_predict_and_eval_on_onnxruntime_match_torch(weights, tmp_path, capsys):
@@ -108,18 +116,34 @@ def test_the_cache_is_reused_when_it_matches_and_rebuilt_when_not(weights, monke
     assert runtime_model(model, masking, weights, "onnxruntime").path != first.path
 
 
-def test_int8_quantises_the_linear_layers(weights):
-    """The int8 graph multiplies int8 matrices, and its logits follow fp32's. On this random
-    64-wide model the cosine is 0.89-0.93 (its logits are small, so quantisation noise is
-    a large part of them): the bound catches a broken graph, not a small accuracy loss.
-    The accuracy gate on trained models is not built yet (docs/deploy.md)."""
+def _int8_weights(path) -> int:
+    """How many int8 weight matrices an OpenVINO IR holds (NNCF's compressed weights)."""
+    import openvino as ov
+
+    return sum(op.get_type_name() == "Constant" and op.get_element_type() in
+               (ov.Type.i8, ov.Type.u8) and len(op.get_output_shape(0)) == 2
+               for op in ov.Core().read_model(str(path)).get_ops())
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_int8_quantises_the_linear_layers(weights, runtime):
+    """The int8 graph holds int8 matrices (ONNX Runtime multiplies them; OpenVINO's are
+    NNCF's compressed weights, one per linear layer), and its logits follow fp32's. On this
+    random 64-wide model the cosine of ONNX Runtime's dynamic int8 is 0.89-0.93 (its logits
+    are small, so quantisation noise is a large part of them): the bound catches a broken
+    graph, not a small accuracy loss. The accuracy gates on a trained model:
+    tests/test_engine_train.py."""
     import onnx
 
     model, cfg = load_model(weights)
     masking = cfg.test_masking()
-    int8 = runtime_model(model, masking, weights, "onnxruntime", int8=True)
-    ops = {node.op_type for node in onnx.load(str(int8.path)).graph.node}
-    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops, ops
+    int8 = runtime_model(model, masking, weights, runtime, int8=True)
+    if runtime == "onnxruntime":
+        ops = {node.op_type for node in onnx.load(str(int8.path)).graph.node}
+        assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops, ops
+    else:
+        linears = sum(isinstance(m, torch.nn.Linear) for m in model.encoder.modules())
+        assert int8.path.suffix == ".xml" and _int8_weights(int8.path) >= linears
     views = torch.randn(3, 3, 8, 64, 64, generator=torch.Generator().manual_seed(1))
     mask = masking(3, model.grid, train=False)
     with torch.no_grad():
@@ -127,11 +151,12 @@ def test_int8_quantises_the_linear_layers(weights):
     got = int8.classify(views, mask)
     cosine = torch.nn.functional.cosine_similarity(got, ref, dim=1)
     assert got.shape == ref.shape and bool((cosine > 0.8).all()), cosine
+    refuses_other_masks(int8, model, masking)             # the same visible tokens
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--runtime", "torch", "--int8"], "--int8 runs on --runtime onnxruntime"),
-    (["--runtime", "openvino", "--int8"], "OpenVINO's int8"),
+    (["--runtime", "torch", "--int8"], "torch's int8 (torchao's"),
+    (["--int8", "--amp", "bf16"], "--int8 runs on ONNX Runtime or OpenVINO"),
     (["--runtime", "onnxruntime", "--amp", "bf16"], "runs float32"),
     (["--runtime", "onnxruntime", "--reduce", "tome"], "--reduce runs on --runtime torch"),
 ])
@@ -178,3 +203,99 @@ def test_the_server_answers_from_the_runtime_and_says_which(weights):
     assert probs.shape == (2, 6) and torch.allclose(probs.sum(1), torch.ones(2), atol=1e-5)
     timeline = served.timeline(REAL / "tree.avi", window=1.0, stride=1.0)
     assert timeline.probs.shape[0] >= 1 and timeline.probs.shape[1] == 6
+
+
+def _count_measurements(monkeypatch) -> list:
+    import mar.inference.auto as auto
+
+    calls, real = [], auto._measure
+    monkeypatch.setattr(auto, "_measure", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_predict_by_default_runs_auto_s_choice_measured_once(weights, monkeypatch, capsys):
+    """No --runtime: auto measures the installed runtimes once, says what it chose, and
+    gives torch's probabilities; the second run reads its record."""
+    calls = _count_measurements(monkeypatch)
+    video = str(REAL / "tree.avi")
+    runs = []
+    for runtime in ([], [], ["--runtime", "torch"]):
+        assert main(["predict", video, "--checkpoint", str(weights), "--json", "--topk", "6",
+                     *runtime, *VIEWS]) == 0
+        out = capsys.readouterr()
+        runs.append((json.loads(out.out)[0]["top"], out.err))
+    assert len(calls) == 1
+    first, second = runs[0][1], runs[1][1]
+    assert "runtime auto: measuring torch, onnxruntime, openvino at 4 views" in first
+    line = next(x for x in second.splitlines() if x.startswith("runtime auto: "))
+    assert "measuring" not in second and "cached in" in line
+    assert line.split()[2] in ("torch", "onnxruntime", "openvino")
+    record = json.loads(next((weights / ".mar-runtime").glob("auto-*.json")).read_text())
+    assert set(record["seconds"]) == {"torch", "onnxruntime", "openvino"}
+    assert record["runtime"] == min(record["seconds"], key=record["seconds"].get)
+    for a, b in zip(runs[0][0], runs[2][0], strict=True):   # auto's choice = torch
+        assert a["class"] == b["class"] and abs(a["prob"] - b["prob"]) < 1e-4
+
+
+def test_auto_measures_again_after_a_corrupt_or_foreign_record(weights, monkeypatch, capsys):
+    import importlib.metadata
+
+    from mar.inference.runtime import choose_runtime
+
+    calls = _count_measurements(monkeypatch)
+    model, cfg = load_model(weights)
+    masking = cfg.test_masking()
+    first = choose_runtime(model, masking, weights, views_per_call=2)
+    assert set(first.seconds) == {"torch", "onnxruntime", "openvino"} and len(calls) == 1
+    assert choose_runtime(model, masking, weights, views_per_call=2).runtime \
+        == first.runtime and len(calls) == 1                    # reused
+    capsys.readouterr()
+    first.record.write_text("{not json")
+    choose_runtime(model, masking, weights, views_per_call=2)
+    assert len(calls) == 2 and "cannot be read" in capsys.readouterr().err
+    record = json.loads(first.record.read_text())
+    record["versions"]["torch"] = "1.0"
+    first.record.write_text(json.dumps(record))
+    again = choose_runtime(model, masking, weights, views_per_call=2)
+    err = capsys.readouterr().err
+    now = importlib.metadata.version("torch")
+    assert len(calls) == 3 and f"versions.torch 1.0 -> {now}" in err, err
+    assert json.loads(again.record.read_text())["versions"]["torch"] == now
+    # another shape (views per call) is another record
+    choose_runtime(model, masking, weights, views_per_call=3)
+    assert len(calls) == 4 and len(list(first.record.parent.glob("auto-*.json"))) == 2
+
+
+def test_auto_is_torch_when_no_other_runtime_imports(weights, monkeypatch, capsys):
+    import importlib
+
+    real = importlib.import_module
+
+    def without_runtimes(name, *args):
+        if name.split(".")[0] in ("onnxruntime", "openvino"):
+            raise ImportError(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", without_runtimes)
+    calls = _count_measurements(monkeypatch)
+    assert main(["predict", str(REAL / "tree.avi"), "--checkpoint", str(weights),
+                 *VIEWS]) == 0
+    assert "runtime auto: torch (no other runtime installed" in capsys.readouterr().err
+    assert not calls and not list(weights.glob(".mar-runtime/*"))
+    assert main(["predict", str(REAL / "tree.avi"), "--checkpoint", str(weights),
+                 "--int8"]) == 2
+    assert "neither is installed: pip install 'mar-video[onnx]'" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert installed(int8=True) == ["onnxruntime", "openvino"]   # auto's int8 candidates
+
+
+def test_auto_on_a_gpu_is_torch_without_measuring(weights, fake_gpu, monkeypatch):
+    from mar.inference.runtime import choose_runtime
+
+    calls = _count_measurements(monkeypatch)
+    model, cfg = load_model(weights, device="cuda")          # the fake GPU
+    choice = choose_runtime(model, cfg.test_masking(), weights)
+    assert choice.runtime == "torch" and choice.model is model and not calls
+    assert "the model is on cuda" in choice.line()
+    with pytest.raises(ConfigError, match="--int8 runs on the CPU"):
+        choose_runtime(model, cfg.test_masking(), weights, int8=True)

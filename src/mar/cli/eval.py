@@ -40,12 +40,13 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.load import describe_masking
     from ..runtime.distributed import init_distributed, shutdown
 
-    if args.runtime != "torch" and args.device == "auto":
+    if args.runtime not in ("torch", "auto") and args.device == "auto":
         args.device = "cpu"                       # the other runtimes run on the CPU
     info = init_distributed(args.device)
     try:
         args.device = info.device  # this process's GPU under torchrun
-        model, cfg, masking = load_for_command(args)
+        model, cfg, masking = load_for_command(
+            args, views_per_call=lambda cfg: cfg.eval.batch_size, info=info)
         if args.amp is not None:
             cfg = cfg.model_copy(update={"train": cfg.train.model_copy(
                 update={"amp": args.amp})})

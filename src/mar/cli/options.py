@@ -23,7 +23,7 @@ EXIT_CODES = ("exit codes: 0 ok; 1 some inputs failed (the rest done); 2 usage o
 DEVICES = "auto|cpu|cuda[:N]"
 AMP_CHOICES = ("none", "bf16", "fp16")
 REDUCTIONS = ("random", "tome", "rlt", "rlt+mar")
-RUNTIMES = ("torch", "onnxruntime", "openvino")  # mar.inference.runtime.RUNTIMES
+RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")  # mar.inference.runtime.CHOICES
 
 
 def add_set(p: argparse.ArgumentParser) -> None:
@@ -60,13 +60,15 @@ def add_model(p: argparse.ArgumentParser, *, required: bool = True,
 
 def add_runtime(p: argparse.ArgumentParser) -> None:
     """``--runtime`` and ``--int8`` (:mod:`mar.inference.runtime`)."""
-    p.add_argument("--runtime", choices=RUNTIMES, default="torch",
+    p.add_argument("--runtime", choices=RUNTIMES, default="auto",
                    help="what runs the model: torch (any device), or on the CPU the masked "
-                   "graph exported to ONNX Runtime or OpenVINO, cached beside the weights "
-                   "(default: %(default)s; docs/deploy.md)")
+                   "graph exported to ONNX Runtime or OpenVINO, cached beside the weights; "
+                   "auto: the fastest of those installed, measured once per machine and "
+                   "model shape (torch on a GPU) (default: %(default)s; docs/deploy.md)")
     p.add_argument("--int8", action="store_true",
-                   help="with --runtime onnxruntime: int8 weights per channel, activations "
-                   "quantised at run time")
+                   help="int8 weights per channel on ONNX Runtime (activations quantised at "
+                   "run time) or OpenVINO (NNCF weight compression); with auto, the faster "
+                   "of the two")
 
 
 def add_mask_ratio(p: argparse.ArgumentParser | argparse._ActionsContainer) -> None:
@@ -118,23 +120,51 @@ def config_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[str
     return (files[0] if files else None), [*overrides, *getattr(args, "set", [])]
 
 
-def load_for_command(args: argparse.Namespace):
+def load_for_command(args: argparse.Namespace, views_per_call=None, info=None):
     """The model of ``--checkpoint`` on ``--device``, its config with the overrides, and
-    the test-time masking (``--mask-ratio``, else the config's)."""
+    the test-time masking (``--mask-ratio``, else the config's); on ``--runtime``, whose
+    ``auto`` is measured at ``views_per_call(cfg)`` views per call (default:
+    ``--batch-size``, else the device's default). Under torchrun (``info``) the main
+    process chooses and the others run its choice."""
     from ..inference.load import eval_masking, load_model
 
     config, overrides = config_and_overrides(args)
     runtime, int8 = getattr(args, "runtime", "torch"), getattr(args, "int8", False)
-    if runtime != "torch" and getattr(args, "reduce", None):
-        raise ConfigError(f"--reduce runs on --runtime torch, not {runtime}")
-    device = "cpu" if runtime != "torch" and str(args.device) == "auto" else args.device
+    if getattr(args, "reduce", None):
+        if runtime not in ("torch", "auto"):
+            raise ConfigError(f"--reduce runs on --runtime torch, not {runtime}")
+        runtime = "torch"                          # the reduction is a torch module
+    device = ("cpu" if runtime not in ("torch", "auto") and str(args.device) == "auto"
+              else args.device)
     model, cfg = load_model(args.checkpoint, config, overrides, device=device)
     masking = eval_masking(cfg, getattr(args, "mask_ratio", None))
-    if runtime != "torch" or int8:
-        from ..inference.runtime import runtime_model
+    if runtime == "torch" and not int8:
+        return model, cfg, masking
+    from ..inference.runtime import runtime_model
 
-        model = runtime_model(model, masking, args.checkpoint, runtime, int8=int8,
-                              amp=args.amp)
+    amp = args.amp
+    if runtime == "auto" and amp is None:
+        amp = cfg.train.amp                        # mar eval's default: the config's
+    per_call = views_per_call(cfg) if views_per_call else getattr(args, "batch_size", None)
+    if runtime == "auto" and info is not None and info.world_size > 1:
+        from ..inference.runtime import choose_runtime
+        from ..runtime.distributed import all_gather_objects
+
+        mine = None
+        if info.is_main:
+            try:
+                choice = choose_runtime(model, masking, args.checkpoint, int8=int8, amp=amp,
+                                        views_per_call=per_call)
+                print(choice.line(), file=sys.stderr)
+                mine = choice.runtime
+            except ConfigError as e:              # every process stops, not only this one
+                mine = e
+        runtime = all_gather_objects(mine, info)[0]
+        if isinstance(runtime, ConfigError):
+            raise runtime
+    model = runtime_model(model, masking, args.checkpoint, runtime, int8=int8, amp=amp,
+                          views_per_call=per_call)
+    if args.runtime != "auto":
         print(model.describe(), file=sys.stderr)
     return model, cfg, masking
 

@@ -8,21 +8,38 @@ batch. ``classify`` refuses any other mask.
 
 The exported (and, with ``int8``, quantised) file is cached beside the weights, in
 ``.mar-runtime/`` (or the user's cache folder, ``$XDG_CACHE_HOME/mar/runtime``, where that
-folder is not writable), under a
-key of everything it depends on: the weights file (path, size, modification time), the
-visible tokens, int8, the ONNX opset and the versions of mar, torch, onnx and the
-runtime. A second start loads it at once; a file that does not load is rebuilt, with a
-note. ``--int8`` is ONNX Runtime's dynamic quantisation (``quantize_dynamic``) of the
-matrix products with constant weights: weights int8 per output channel (7-bit on CPUs
-without VNNI, :func:`reduce_range`), activations quantised at run time.
+folder is not writable), under a key of everything it depends on: the weights file
+(path, size, modification time), the visible tokens, int8, the ONNX opset and the
+versions of mar, torch and onnx (and, for int8, of the runtime that quantised it). Both
+runtimes read the one float32 file. A second start loads it at once; a file that does
+not load is rebuilt, with a note.
+
+``--int8``, the best candidate measured per runtime (docs/deploy.md):
+
+- ONNX Runtime: its dynamic quantisation (``quantize_dynamic``) of the matrix products
+  with constant weights: weights int8 per output channel (7-bit on CPUs without VNNI,
+  :func:`reduce_range`), activations quantised at run time.
+- OpenVINO: NNCF's weight compression (``nncf.compress_weights``, int8 asymmetric per
+  output channel), which needs no calibration clips; the CPU plugin runs the products in
+  float32 from int8 weights, or quantises activations at run time where it can. NNCF's
+  full post-training quantisation (``nncf.quantize``, ``ModelType.TRANSFORMER``) needs
+  calibration clips that ``mar predict`` does not have, and measured no faster.
+- torch: torchao's ``Int8DynamicActivationInt8WeightConfig`` measured 40x slower than
+  float32 on an AVX2 CPU (its int8 matmul, ``torch._int_mm``, has no fast kernel there),
+  so ``--runtime torch --int8`` is refused with that reason.
+
+``--runtime auto`` (:mod:`mar.inference.auto`) chooses among the installed runtimes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.metadata
+import importlib.util
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -32,8 +49,14 @@ from ..errors import ConfigError
 from ..masking import Mask, MaskingStrategy
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
+CHOICES = ("auto", *RUNTIMES)                          # what --runtime takes
 EXTRA = {"onnxruntime": "onnx", "openvino": "openvino"}
 OPSET = 18
+# how --int8 quantises on each runtime (part of the cache key)
+INT8 = {"onnxruntime": "quantize_dynamic", "openvino": "nncf.compress_weights int8_asym"}
+TORCH_INT8 = ("--int8 runs on --runtime onnxruntime or openvino: torch's int8 (torchao's "
+              "Int8DynamicActivationInt8WeightConfig) measured 40x slower than float32 on a "
+              "CPU (docs/deploy.md)")
 
 
 def _need(module: str, runtime: str):
@@ -79,18 +102,35 @@ def reduce_range() -> bool:
     return not (cpu_flags() or set()) & {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 
+def int8_method(runtime: str) -> dict:
+    """How ``--int8`` quantises on ``runtime`` (what its file depends on)."""
+    if runtime == "onnxruntime":
+        return {"method": INT8[runtime], "reduce_range": reduce_range()}
+    return {"method": INT8[runtime]}
+
+
 def cache_key(weights: Path, ids_keep: Tensor, runtime: str, int8: bool) -> str:
     """Everything the compiled file depends on, hashed."""
     from .. import __version__
 
     stat = weights.stat()
-    versions = {m: getattr(importlib.import_module(m), "__version__", "?")
-                for m in ("torch", "onnx", runtime)}
+    # the float32 file is the export alone, one for both runtimes; int8's is the runtime's
+    modules = ("torch", "onnx", *((runtime, *(("nncf",) if runtime == "openvino" else ()))
+                                  if int8 else ()))
+    versions = {m: _version(m) for m in modules}
     what = {"weights": [str(weights.resolve()), stat.st_size, stat.st_mtime_ns],
             "visible": hashlib.sha1(ids_keep.numpy().tobytes()).hexdigest(),
-            "int8": int8 and {"reduce_range": reduce_range()}, "opset": OPSET,
+            "int8": int8 and int8_method(runtime), "opset": OPSET,
             "mar": __version__, "versions": versions}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _version(module: str) -> str:
+    """A module's version, without importing it where its distribution says."""
+    try:
+        return importlib.metadata.version(module)
+    except importlib.metadata.PackageNotFoundError:  # e.g. onnxruntime-gpu's onnxruntime
+        return getattr(importlib.import_module(module), "__version__", "?")
 
 
 def cache_dir(weights: Path) -> Path:
@@ -109,10 +149,16 @@ def cache_dir(weights: Path) -> Path:
     return folder
 
 
-def _build(model, masking: MaskingStrategy, path: Path, int8: bool) -> None:
+def _build(model, masking: MaskingStrategy, path: Path, runtime: str, int8: bool) -> None:
     """Export (and quantise) into ``path``, atomically."""
     from .. import atomic
     from .export import export_onnx
+
+    if int8 and runtime == "openvino":
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".tmp-") as tmp:
+            fp32 = export_onnx(model.eval(), masking, Path(tmp) / "fp32.onnx", opset=OPSET)
+            _compress_openvino(fp32, path)
+        return
 
     def write(tmp: Path) -> None:
         fp32 = tmp.with_name(tmp.name + ".fp32.onnx")
@@ -135,6 +181,25 @@ def _build(model, masking: MaskingStrategy, path: Path, int8: bool) -> None:
     atomic.write_file(path, write)
 
 
+def _compress_openvino(onnx_file: Path, path: Path) -> None:
+    """NNCF's int8 weight compression of ``onnx_file``, saved as OpenVINO IR at ``path``
+    (``.xml``, its weights in the ``.bin`` beside it: the ``.bin`` is renamed into place
+    first, so a reader never finds an ``.xml`` without its weights)."""
+    import contextlib
+    import logging
+
+    ov = _need("openvino", "openvino")
+    nncf = _need("nncf", "openvino")
+    nncf.set_log_level(logging.ERROR)
+    with contextlib.redirect_stdout(sys.stderr):   # its progress bar: not on our stdout
+        compressed = nncf.compress_weights(ov.Core().read_model(str(onnx_file)),
+                                           mode=nncf.CompressWeightsMode.INT8_ASYM)
+    tmp = onnx_file.with_name("int8.xml")
+    ov.save_model(compressed, str(tmp), compress_to_fp16=False)  # float32 stays float32
+    tmp.with_suffix(".bin").replace(path.with_suffix(".bin"))
+    tmp.replace(path)
+
+
 def _session(runtime: str, path: Path, threads: int | None):
     """A callable (B, C, T, H, W) float32 array -> logits array."""
     if runtime == "onnxruntime":
@@ -154,32 +219,61 @@ def _session(runtime: str, path: Path, threads: int | None):
 def check_runtime(runtime: str, int8: bool = False, amp: str | None = "none") -> None:
     """A one-line :class:`ConfigError` for a runtime this machine lacks or a combination
     it cannot run; nothing is built."""
-    if runtime not in RUNTIMES:
-        raise ConfigError(f"runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
+    if runtime not in CHOICES:
+        raise ConfigError(f"runtime {runtime!r}: expected one of {', '.join(CHOICES)}")
+    if runtime == "auto":
+        if int8 and amp not in (None, "none"):
+            raise ConfigError(f"--amp {amp}: --int8 runs on ONNX Runtime or OpenVINO, in "
+                              "float32 apart from the int8 products")
+        if int8 and not installed(int8=True):
+            raise ConfigError("--int8 needs ONNX Runtime or OpenVINO, and neither is "
+                              "installed: pip install 'mar-video[onnx]'")
+        return
     if runtime == "torch":
         if int8:
-            raise ConfigError("--int8 runs on --runtime onnxruntime (ONNX Runtime's dynamic "
-                              "quantisation); the torch runtime has no int8 path yet")
+            raise ConfigError(TORCH_INT8)
         return
-    if int8 and runtime == "openvino":
-        raise ConfigError("--int8 runs on --runtime onnxruntime; OpenVINO's int8 (NNCF) is "
-                          "not built yet")
     if amp not in (None, "none"):
         raise ConfigError(f"--amp {amp}: --runtime {runtime} runs float32 (or --int8)")
-    _need("onnx", runtime)
+    if importlib.util.find_spec("onnx") is None:   # the export's; imported when used
+        _need("onnx", runtime)
     _need(runtime, runtime)
+    if int8 and runtime == "openvino" and importlib.util.find_spec("nncf") is None:
+        _need("nncf", runtime)                 # the one-line error (imported when used)
 
 
-def runtime_model(model, masking: MaskingStrategy, weights: str | Path, runtime: str = "torch",
+def installed(int8: bool = False) -> list[str]:
+    """The runtimes this machine can run (for ``int8``: those with an int8 path), in
+    :data:`RUNTIMES` order."""
+    out = [] if int8 else ["torch"]
+    for runtime in RUNTIMES[1:]:
+        try:
+            check_runtime(runtime, int8)
+        except ConfigError:
+            continue
+        out.append(runtime)
+    return out
+
+
+def runtime_model(model, masking: MaskingStrategy, weights: str | Path, runtime: str = "auto",
                   *, int8: bool = False, amp: str | None = "none",
-                  threads: int | None = None):
+                  threads: int | None = None, views_per_call: int | None = None):
     """``model`` itself for ``runtime="torch"``; otherwise its masked classifier compiled
     for ONNX Runtime or OpenVINO (:class:`RuntimeModel`), from the cache when it is
-    there. ``weights`` is what the model was loaded from (it keys the cache)."""
+    there. ``weights`` is what the model was loaded from (it keys the cache).
+
+    ``runtime="auto"`` (the default) is the fastest installed runtime at calls of
+    ``views_per_call`` views (:func:`choose_runtime`, which says on
+    stderr in one line what it chose)."""
     from ..models.io import weights_file
     from ..runtime.device import model_device
 
     check_runtime(runtime, int8, amp)
+    if runtime == "auto":
+        choice = choose_runtime(model, masking, weights, int8=int8, amp=amp,
+                                views_per_call=views_per_call, threads=threads)
+        print(choice.line(), file=sys.stderr)
+        return choice.model
     if runtime == "torch":
         return model
     if model_device(model).type != "cpu":
@@ -188,7 +282,8 @@ def runtime_model(model, masking: MaskingStrategy, weights: str | Path, runtime:
     file = weights_file(weights)
     ids_keep = masking(1, model.grid, train=False).ids_keep[0].cpu()
     key = cache_key(file, ids_keep, runtime, int8)
-    path = cache_dir(file) / f"{key}{'-int8' if int8 else ''}.onnx"
+    suffix = ".xml" if int8 and runtime == "openvino" else ".onnx"   # OpenVINO IR
+    path = cache_dir(file) / f"{key}{'-int8' if int8 else ''}{suffix}"
     name = f"{runtime}{' int8' if int8 else ''}"
     if path.is_file():
         try:
@@ -198,5 +293,21 @@ def runtime_model(model, masking: MaskingStrategy, weights: str | Path, runtime:
             print(f"note: {path} does not load ({str(e).splitlines()[0][:120]}); "
                   "rebuilding it", file=sys.stderr)
             path.unlink(missing_ok=True)
-    _build(model, masking, path, int8)
+    _build(model, masking, path, runtime, int8)
     return RuntimeModel(_session(runtime, path, threads), model.grid, ids_keep, name, path)
+
+
+def choose_runtime(model, masking: MaskingStrategy, weights: str | Path, *,
+                   int8: bool = False, amp: str | None = "none",
+                   views_per_call: int | None = None, threads: int | None = None):
+    """``--runtime auto``'s choice for ``model`` (a :class:`mar.inference.auto.Choice`,
+    its runner built): the installed runtimes measured once at calls of
+    ``views_per_call`` views, the record kept in the runtime cache of ``weights``."""
+    from ..models.io import weights_file
+    from .auto import choose
+
+    return choose(model, masking, cache_dir(weights_file(weights)),
+                  lambda r: runtime_model(model, masking, weights, r, int8=int8,
+                                          threads=threads),
+                  lambda: installed(int8), int8=int8, amp=amp,
+                  views_per_call=views_per_call)

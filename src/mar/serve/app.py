@@ -78,7 +78,7 @@ class ServeSettings:
     mask_ratio: float | None = None
     device: str = "auto"
     amp: str = "none"
-    runtime: str = "torch"          # what runs the model (mar.inference.runtime)
+    runtime: str = "auto"           # what runs the model (mar.inference.runtime)
     int8: bool = False
     token: str | None = None
     max_batch_size: int = 16        # views per model call
@@ -167,7 +167,8 @@ class ServerState:
             start = time.perf_counter()
             served = ServedModel(s.checkpoint, s.config, list(s.overrides), s.class_names,
                                  s.mask_ratio, s.device, decode_timeout=s.timeout_s,
-                                 amp=s.amp, runtime=s.runtime, int8=s.int8)
+                                 amp=s.amp, runtime=s.runtime, int8=s.int8,
+                                 views_per_call=s.max_batch_size)
             served.warm_up((1, s.max_batch_size))
             self.served = served
             self.batcher = MicroBatcher(served.scores, s.max_batch_size, s.max_wait_ms / 1000,

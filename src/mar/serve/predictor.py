@@ -81,8 +81,9 @@ class ServedModel:
                  overrides: list[str] = (), class_names: str | Path | None = None,
                  mask_ratio: float | None = None, device: str = "auto",
                  decode_timeout: float | None = None, amp: str = "none",
-                 runtime: str = "torch", int8: bool = False):
-        if runtime != "torch" and str(device) == "auto":
+                 runtime: str = "torch", int8: bool = False,
+                 views_per_call: int | None = None):
+        if runtime not in ("torch", "auto") and str(device) == "auto":
             device = "cpu"                        # the other runtimes run on the CPU
         self.model, self.cfg = load_model(checkpoint, config, list(overrides), device=device)
         self.device = model_device(self.model)
@@ -91,11 +92,10 @@ class ServedModel:
         self.checkpoint = str(checkpoint)
         self.masking = eval_masking(self.cfg, mask_ratio)
         # what classifies: the model, or its masked graph on another runtime (pictures
-        # and the decoder still use the model)
-        self.runner = self.model
-        if runtime != "torch" or int8:
-            self.runner = runtime_model(self.model, self.masking, checkpoint, runtime,
-                                        int8=int8, amp=amp)
+        # and the decoder still use the model); `mar serve` passes its --runtime (default
+        # auto, measured at the batcher's largest batch: ``views_per_call``)
+        self.runner = runtime_model(self.model, self.masking, checkpoint, runtime,
+                                    int8=int8, amp=amp, views_per_call=views_per_call)
         self.runtime = "torch" if self.runner is self.model else self.runner.name
         names = class_names or self.cfg.data.class_names
         self.names = read_class_names(names) if names else None
