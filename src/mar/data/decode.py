@@ -284,8 +284,13 @@ class PyAVBackend:
         unwanted non-reference frames skipped. None where the first frame out is not that
         keyframe (the seek landed elsewhere) or, with ``stamps``, where the output's
         timestamps are not the probe's in ascending order (they do not name frames)."""
+        from av.video.reformatter import VideoReformatter
+
         scale = {} if size is None else {"width": size[0], "height": size[1],
                                          "interpolation": "AREA"}
+        # one converter for the clip: FFmpeg's scaler is set up once, not once a frame
+        # (a frame's own to_ndarray builds a new one: 0.3 ms of a 0.45 ms conversion)
+        rgb = VideoReformatter()
         deadline = time.monotonic() + self.timeout
         frames: dict[int, np.ndarray] = {}
         targets = set(wanted)
@@ -318,7 +323,8 @@ class PyAVBackend:
                             return None
                         index = j
                     if index in targets:
-                        frames[index] = frame.to_ndarray(format="rgb24", **scale)
+                        frames[index] = rgb.reformat(frame, format="rgb24",
+                                                     **scale).to_ndarray()
                     if index >= wanted[-1]:
                         break
             except DecodeError:
