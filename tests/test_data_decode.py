@@ -119,7 +119,8 @@ def test_things_that_would_hang_fail_fast(tmp_path):
     assert time.monotonic() - start < 10
 
 
-@pytest.mark.skipif("torchcodec" not in BACKENDS, reason="torchcodec needs a system FFmpeg")
+@pytest.mark.skipif("torchcodec" not in BACKENDS, reason="torchcodec is not usable here "
+                    "(not installed, or no system FFmpeg)")
 def test_torchcodec_and_pyav_agree_on_mp4():
     path = REAL / "bigbuckbunny.mp4"
     idx = [0, 17, 64, 131]
