@@ -84,10 +84,14 @@ def check_list(records: list[VideoRecord], workers: int = 2, min_frames: int = 1
     return results
 
 
-def write_report(results: list[CheckResult], path: str | Path) -> None:
+def write_report(results: list, path: str | Path, row: type = CheckResult) -> None:
+    """``results`` (dataclass rows of type ``row``) as a CSV file with a header, written
+    atomically."""
+    names = [field.name for field in fields(row)]
+
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=[field.name for field in fields(CheckResult)])
+            writer = csv.DictWriter(f, fieldnames=names)
             writer.writeheader()
             for r in results:
                 writer.writerow(asdict(r))

@@ -33,7 +33,6 @@ by a killed run is deleted.
 from __future__ import annotations
 
 import contextlib
-import csv
 import glob
 import heapq
 import json
@@ -41,11 +40,12 @@ import os
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
 from ..atomic import TMP, write_file
+from .check import write_report
 from .decode import DecodeError, PyAVBackend, _short, scaled_size
 from .lists import VideoRecord, read_list, write_list
 
@@ -161,7 +161,7 @@ def resize_list(list_path: str | Path, out: str | Path, root: str | Path | None 
     if kept:
         write_list(kept, new_list, root=out)
     report = out / f"{list_path.stem}.resize.csv"
-    write_report(results, report)
+    write_report(results, report, ResizeResult)
     return ResizeRun(results, new_list, report, len(kept))
 
 
@@ -359,13 +359,3 @@ def _finished(source: str, output: Path, settings: ResizeSettings) -> ResizeResu
                         round(info.end_time, 3), 0.0, src.st_size, out.st_size,
                         "done by an earlier run")
 
-
-def write_report(results: list[ResizeResult], path: str | Path) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=[field.name for field in fields(ResizeResult)])
-            writer.writeheader()
-            for r in results:
-                writer.writerow(asdict(r))
-
-    write_file(path, write)
