@@ -35,6 +35,10 @@ def test_fp32_runtimes_give_torch_s_logits(weights, runtime):
     masking = cfg.test_masking()
     compiled = runtime_model(model, masking, weights, runtime)
     assert isinstance(compiled, RuntimeModel)
+    if runtime == "openvino":   # not its default bfloat16 on CPUs with AVX512_BF16 or AMX
+        import openvino as ov
+
+        assert compiled.session.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
     torch.manual_seed(0)
     views = torch.randn(5, 3, 8, 64, 64)                 # an odd batch: the batch is dynamic
     mask = masking(5, model.grid, train=False)

@@ -69,13 +69,18 @@ def _need(module: str, runtime: str):
 
 class RuntimeModel:
     """A compiled masked classifier: ``classify(video, mask)`` for the mask it was
-    exported with, on the CPU, float32 in and out."""
+    exported with, on the CPU, float32 in and out. ``session`` is the runtime's own
+    object (an ONNX Runtime ``InferenceSession``, an OpenVINO ``CompiledModel``)."""
 
     device = torch.device("cpu")
 
-    def __init__(self, run, grid, ids_keep: Tensor, name: str, path: Path):
-        self._run, self.grid, self.ids_keep = run, tuple(grid), ids_keep
+    def __init__(self, session, grid, ids_keep: Tensor, name: str, path: Path):
+        self.session, self.grid, self.ids_keep = session, tuple(grid), ids_keep
         self.name, self.path = name, path
+        if name.startswith("onnxruntime"):
+            self._run = lambda video: session.run(None, {"video": video})[0]
+        else:
+            self._run = lambda video: session(video)[0]
 
     def classify(self, video: Tensor, mask: Mask) -> Tensor:
         keep = mask.ids_keep.cpu()
@@ -201,19 +206,21 @@ def _compress_openvino(onnx_file: Path, path: Path) -> None:
 
 
 def _session(runtime: str, path: Path, threads: int | None):
-    """A callable (B, C, T, H, W) float32 array -> logits array."""
+    """ONNX Runtime's session or OpenVINO's compiled model of the file at ``path``."""
     if runtime == "onnxruntime":
         ort = _need("onnxruntime", runtime)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return lambda video: session.run(None, {"video": video})[0]
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     ov = _need("openvino", runtime)
     core = ov.Core()
-    config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
-    compiled = core.compile_model(str(path), "CPU", config)
-    return lambda video: compiled(video)[0]
+    # float32: the CPU plugin otherwise computes in bfloat16 on CPUs with AVX512_BF16 or
+    # AMX (logits 1e-2 from torch's on an AMD EPYC with AVX512_BF16)
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    return core.compile_model(str(path), "CPU", config)
 
 
 def check_runtime(runtime: str, int8: bool = False, amp: str | None = "none") -> None:
