@@ -6,12 +6,12 @@ tokens (linear head) and MAR 50 % (cell running + bridging head), built by
 ``mar.inference.runtime.runtime_model`` exactly as ``mar predict --runtime R [--int8]``
 builds them (exported once into a scratch cache, not timed): ONNX Runtime int8 is its
 ``quantize_dynamic``, OpenVINO int8 NNCF's ``compress_weights``. ``--torchao`` adds
-torchao's ``Int8DynamicActivationInt8WeightConfig`` on the torch model, the candidate
-``--runtime torch --int8`` refuses (40x slower than fp32 on an AVX2 CPU; slow: a minute
-and more per ViT-B call there). The arms of one model run interleaved (A, B, C, ... A,
-B, C) after a warm-up, so machine noise hits all alike; the table reports medians over
-the repeats, the ratio to torch fp32, and each arm's logit agreement with torch fp32
-(cosine; random weights, so only a sanity figure).
+torchao's ``Int8DynamicActivationInt8WeightConfig`` on the torch model (what
+``--runtime torch --int8`` runs on CPUs with VNNI or AMX; here on any CPU: 40x slower than
+fp32 on an AVX2 CPU, a minute and more per ViT-B call there). The arms of one model run
+interleaved (A, B, C, ... A, B, C) after a warm-up, so machine noise hits all alike; the
+table reports medians over the repeats, the ratio to torch fp32, and each arm's logit
+agreement with torch fp32 (cosine; random weights, so only a sanity figure).
 
     python benchmarks/bench_runtime.py --repeats 5 --batch 1
     python benchmarks/bench_runtime.py --model vit_small --repeats 2 --tokens mar50  # quick
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from mar import create_model, make_masking
-from mar.inference.runtime import runtime_model
+from mar.inference.runtime import TorchInt8, runtime_model
 from mar.models.io import save_model
 from mar.runtime.device import cpu_flags, cpu_name
 
@@ -66,8 +66,8 @@ def arms(folder: Path, name: str, head: str, ratio: float, runtimes: list[str],
         for runtime in runtimes:
             runners[f"{runtime}{' int8' if int8 else ' fp32'}"] = runtime_model(
                 model, masking, folder, runtime, int8=int8)
-    if torchao:
-        runners["torch int8 (torchao)"] = torchao_int8(model)
+    if torchao:   # the class `--runtime torch --int8` runs, without its CPU gate
+        runners["torch int8 (torchao)"] = TorchInt8(model)
     out = {}
     for arm, m in runners.items():
         def call(video, m=m):
@@ -76,18 +76,6 @@ def arms(folder: Path, name: str, head: str, ratio: float, runtimes: list[str],
 
         out[arm] = call
     return out
-
-
-def torchao_int8(model):
-    """A copy of ``model`` with torchao's dynamic int8 (int8 weights per channel,
-    activations quantised per token at run time) in every linear layer."""
-    import copy
-
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
-
-    quantized = copy.deepcopy(model)
-    quantize_(quantized, Int8DynamicActivationInt8WeightConfig())
-    return quantized
 
 
 def main() -> None:

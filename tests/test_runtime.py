@@ -129,10 +129,11 @@ def _int8_weights(path) -> int:
                for op in ov.Core().read_model(str(path)).get_ops())
 
 
-@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
-def test_int8_quantises_the_linear_layers(weights, runtime):
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino", "torch"])
+def test_int8_quantises_the_linear_layers(weights, runtime, monkeypatch):
     """The int8 graph holds int8 matrices (ONNX Runtime multiplies them; OpenVINO's are
-    NNCF's compressed weights, one per linear layer), and its logits follow fp32's. On this
+    NNCF's compressed weights, one per linear layer; torch's are torchao's quantised
+    tensors, on any CPU here), and its logits follow fp32's. On this
     random 64-wide model the cosine of ONNX Runtime's dynamic int8 is 0.89-0.93 (its logits
     are small, so quantisation noise is a large part of them): the bound catches a broken
     graph, not a small accuracy loss. The accuracy gates on a trained model:
@@ -141,8 +142,16 @@ def test_int8_quantises_the_linear_layers(weights, runtime):
 
     model, cfg = load_model(weights)
     masking = cfg.test_masking()
+    if runtime == "torch":   # refused on CPUs without VNNI or AMX: the next test
+        monkeypatch.setattr("mar.inference.runtime.int8_dot", lambda: True)
     int8 = runtime_model(model, masking, weights, runtime, int8=True)
-    if runtime == "onnxruntime":
+    if runtime == "torch":
+        linears = [m for m in int8.model.modules() if isinstance(m, torch.nn.Linear)]
+        assert linears and all(type(m.weight).__module__.startswith("torchao")
+                               for m in linears)
+        assert all(isinstance(p, torch.nn.Parameter) and type(p) is torch.nn.Parameter
+                   for p in model.parameters())              # the model itself untouched
+    elif runtime == "onnxruntime":
         ops = {node.op_type for node in onnx.load(str(int8.path)).graph.node}
         assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops, ops
     else:
@@ -155,12 +164,48 @@ def test_int8_quantises_the_linear_layers(weights, runtime):
     got = int8.classify(views, mask)
     cosine = torch.nn.functional.cosine_similarity(got, ref, dim=1)
     assert got.shape == ref.shape and bool((cosine > 0.8).all()), cosine
-    refuses_other_masks(int8, model, masking)             # the same visible tokens
+    if runtime != "torch":                              # torch's runs any mask, as torch
+        refuses_other_masks(int8, model, masking)         # the same visible tokens
+
+
+def test_torch_int8_needs_vnni_and_torchao(weights, monkeypatch, capsys):
+    """--runtime torch --int8: one line on a CPU without VNNI or AMX (torchao's int8 is
+    40x slower than float32 there), one naming the extra without torchao."""
+    import importlib
+    import importlib.util
+
+    import mar.inference.runtime as rt
+
+    def predict() -> str:
+        assert main(["predict", str(REAL / "tree.avi"), "--checkpoint", str(weights),
+                     "--runtime", "torch", "--int8", *VIEWS]) == 2
+        return capsys.readouterr().err.strip().splitlines()[-1]
+
+    monkeypatch.setattr(rt, "int8_dot", lambda: False)
+    assert "needs a CPU with VNNI or AMX" in predict()
+    assert "torch" not in installed(int8=True)
+    monkeypatch.setattr(rt, "int8_dot", lambda: True)
+    assert "torch" in installed(int8=True)
+    find, load = importlib.util.find_spec, importlib.import_module
+
+    def absent(real):
+        def call(name, *args):
+            if name.split(".")[0] == "torchao":
+                if real is load:
+                    raise ImportError(name)
+                return None
+            return real(name, *args)
+        return call
+
+    monkeypatch.setattr(importlib.util, "find_spec", absent(find))
+    monkeypatch.setattr(importlib, "import_module", absent(load))
+    assert "pip install 'mar-video[torchao]'" in predict()
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--runtime", "torch", "--int8"], "torch's int8 (torchao's"),
-    (["--int8", "--amp", "bf16"], "--int8 runs on ONNX Runtime or OpenVINO"),
+    (["--int8", "--amp", "bf16"], "--int8 runs in float32 apart from the int8 products"),
+    (["--runtime", "torch", "--int8", "--amp", "bf16"], "--int8 runs in float32"),
+    (["--reduce", "tome", "--int8"], "--reduce runs on --runtime torch in float32, not --int8"),
     (["--runtime", "onnxruntime", "--amp", "bf16"], "runs float32"),
     (["--runtime", "onnxruntime", "--reduce", "tome"], "--reduce runs on --runtime torch"),
 ])
@@ -286,11 +331,19 @@ def test_auto_is_torch_when_no_other_runtime_imports(weights, monkeypatch, capsy
                  *VIEWS]) == 0
     assert "runtime auto: torch (no other runtime installed" in capsys.readouterr().err
     assert not calls and not list(weights.glob(".mar-runtime/*"))
+    monkeypatch.setattr("mar.inference.runtime.int8_dot", lambda: False)   # AVX2 only
     assert main(["predict", str(REAL / "tree.avi"), "--checkpoint", str(weights),
                  "--int8"]) == 2
-    assert "neither is installed: pip install 'mar-video[onnx]'" in capsys.readouterr().err
-    monkeypatch.undo()
-    assert installed(int8=True) == ["onnxruntime", "openvino"]   # auto's int8 candidates
+    assert "none is installed: pip install 'mar-video[onnx]'" in capsys.readouterr().err
+    monkeypatch.setattr("mar.inference.runtime.int8_dot", lambda: True)    # VNNI: torchao
+    assert main(["predict", str(REAL / "tree.avi"), "--checkpoint", str(weights),
+                 "--int8", *VIEWS]) == 0
+    assert "runtime auto: torch int8 (the only int8 runtime here)" in capsys.readouterr().err
+    assert not calls
+    monkeypatch.setattr(importlib, "import_module", real)
+    assert installed(int8=True) == ["torch", "onnxruntime", "openvino"]  # auto's int8 choice
+    monkeypatch.setattr("mar.inference.runtime.int8_dot", lambda: False)
+    assert installed(int8=True) == ["onnxruntime", "openvino"]
 
 
 def test_auto_on_a_gpu_is_torch_without_measuring(weights, fake_gpu, monkeypatch):

@@ -66,9 +66,9 @@ def add_runtime(p: argparse.ArgumentParser) -> None:
                    "auto: the fastest of those installed, measured once per machine and "
                    "model shape (torch on a GPU) (default: %(default)s; docs/deploy.md)")
     p.add_argument("--int8", action="store_true",
-                   help="int8 weights per channel on ONNX Runtime (activations quantised at "
-                   "run time) or OpenVINO (NNCF weight compression); with auto, the faster "
-                   "of the two")
+                   help="int8 weights per channel, on the CPU: ONNX Runtime (activations "
+                   "quantised at run time), OpenVINO (NNCF weight compression) or, on CPUs "
+                   "with VNNI or AMX, torch (torchao); with auto, the fastest of those")
 
 
 def add_mask_ratio(p: argparse.ArgumentParser | argparse._ActionsContainer) -> None:
@@ -127,21 +127,20 @@ def load_for_command(args: argparse.Namespace, views_per_call=None, info=None):
     ``--batch-size``, else the device's default). Under torchrun (``info``) the main
     process chooses and the others run its choice."""
     from ..inference.load import eval_masking, load_model
+    from ..inference.runtime import runtime_device, runtime_model
 
     config, overrides = config_and_overrides(args)
     runtime, int8 = getattr(args, "runtime", "torch"), getattr(args, "int8", False)
     if getattr(args, "reduce", None):
-        if runtime not in ("torch", "auto"):
-            raise ConfigError(f"--reduce runs on --runtime torch, not {runtime}")
+        if runtime not in ("torch", "auto") or int8:
+            raise ConfigError(f"--reduce runs on --runtime torch in float32, not "
+                              f"{'--int8' if int8 else runtime}")
         runtime = "torch"                          # the reduction is a torch module
-    device = ("cpu" if runtime not in ("torch", "auto") and str(args.device) == "auto"
-              else args.device)
-    model, cfg = load_model(args.checkpoint, config, overrides, device=device)
+    model, cfg = load_model(args.checkpoint, config, overrides,
+                            device=runtime_device(args.device, runtime, int8))
     masking = eval_masking(cfg, getattr(args, "mask_ratio", None))
     if runtime == "torch" and not int8:
         return model, cfg, masking
-    from ..inference.runtime import runtime_model
-
     amp = args.amp
     if runtime == "auto" and amp is None:
         amp = cfg.train.amp                        # mar eval's default: the config's

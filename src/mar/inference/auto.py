@@ -14,7 +14,7 @@ was taken on another machine or with other versions is measured again, with a no
 
 Nothing is measured where only one answer is possible: a model on a GPU (the other
 runtimes run on the CPU), autocast (``--amp bf16|fp16``: torch's), or no other runtime
-installed: then it is torch.
+installed: then it is torch (with ``int8``: the one runtime with an int8 path here).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from ..masking import MaskingStrategy
 
 WARMUP, REPEATS = 1, 3
 FORMAT = 2   # of the record; another is measured again (2: OpenVINO timed in float32)
-MODULES = ("mar-video", "torch", "onnx", "onnxruntime", "openvino", "nncf")
+MODULES = ("mar-video", "torch", "onnx", "onnxruntime", "openvino", "nncf", "torchao")
 
 
 @dataclass
@@ -62,7 +62,8 @@ class Choice:
         mine = self.seconds[self.runtime]
         others = ", ".join(f"{r}{' int8' * self.int8} {s:.3g} s" for r, s in
                            self.seconds.items() if r != self.runtime)
-        versus = (f"{self.seconds['torch'] / mine:.2f}x torch, " if "torch" in self.seconds
+        versus = (f"{self.seconds['torch'] / mine:.2f}x torch{' int8' * self.int8}, "
+                  if "torch" in self.seconds
                   and self.runtime != "torch" else "")
         return (f"runtime auto: {name} ({versus}{mine:.3g} s per call of "
                 f"{self.views_per_call} views; {others or 'nothing else installed'}; "
@@ -82,19 +83,18 @@ def choose(model, masking: MaskingStrategy, folder: Path, build, candidates, *,
     device = model_device(model)
     if device.type != "cpu":
         if int8:
-            raise ConfigError("--int8 runs on the CPU (ONNX Runtime, OpenVINO): pass "
-                              "--device cpu")
+            raise ConfigError("--int8 runs on the CPU: pass --device cpu")
         return Choice("torch", False, model, reason=f"the model is on {device}; the other "
                       "runtimes run on the CPU")
     if amp not in (None, "none"):
         return Choice("torch", False, model, reason=f"--amp {amp} runs on torch")
     candidates = candidates()
-    if not candidates:
-        raise ConfigError("--int8 needs ONNX Runtime or OpenVINO, and neither is installed: "
-                          "pip install 'mar-video[onnx]'")
-    if candidates == ["torch"]:
-        return Choice("torch", False, model, reason="no other runtime installed: pip "
-                      "install 'mar-video[onnx]' or 'mar-video[openvino]'")
+    if not candidates:   # (mar.inference.runtime.check_runtime says which to install)
+        raise ConfigError("--int8: no runtime installed here runs int8")
+    if len(candidates) == 1:
+        return Choice(candidates[0], int8, build(candidates[0]), reason=(
+            "the only int8 runtime here" if int8 else "no other runtime installed: pip "
+            "install 'mar-video[onnx]' or 'mar-video[openvino]'"))
     views_per_call = views_per_call or default_views_per_call(device)
     record = folder / f"auto-{_shape_key(model, masking, views_per_call, int8)}.json"
     context = _context(candidates)

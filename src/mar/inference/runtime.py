@@ -24,9 +24,11 @@ not load is rebuilt, with a note.
   float32 from int8 weights, or quantises activations at run time where it can. NNCF's
   full post-training quantisation (``nncf.quantize``, ``ModelType.TRANSFORMER``) needs
   calibration clips that ``mar predict`` does not have, and measured no faster.
-- torch: torchao's ``Int8DynamicActivationInt8WeightConfig`` measured 40x slower than
-  float32 on an AVX2 CPU (its int8 matmul, ``torch._int_mm``, has no fast kernel there),
-  so ``--runtime torch --int8`` is refused with that reason.
+- torch: torchao's ``Int8DynamicActivationInt8WeightConfig`` on a copy of the model
+  (:class:`TorchInt8`; weights int8 per output channel, activations per token at run
+  time), on CPUs with VNNI or AMX. Without them its int8 matmul (``torch._int_mm``) has
+  no fast kernel: 40x slower than float32 on an AVX2 CPU, so it is refused there with
+  that reason.
 
 ``--runtime auto`` (:mod:`mar.inference.auto`) chooses among the installed runtimes.
 """
@@ -50,13 +52,15 @@ from ..masking import Mask, MaskingStrategy
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 CHOICES = ("auto", *RUNTIMES)                          # what --runtime takes
-EXTRA = {"onnxruntime": "onnx", "openvino": "openvino"}
+EXTRA = {"onnxruntime": "onnx", "openvino": "openvino", "torch": "torchao"}
 OPSET = 18
 # how --int8 quantises on each runtime (part of the cache key)
 INT8 = {"onnxruntime": "quantize_dynamic", "openvino": "nncf.compress_weights int8_asym"}
-TORCH_INT8 = ("--int8 runs on --runtime onnxruntime or openvino: torch's int8 (torchao's "
-              "Int8DynamicActivationInt8WeightConfig) measured 40x slower than float32 on a "
-              "CPU (docs/deploy.md)")
+NO_INT8 = ("--int8 needs ONNX Runtime or OpenVINO (or torchao on a CPU with VNNI or AMX), "
+           "and none is installed: pip install 'mar-video[onnx]'")
+TORCH_INT8 = ("--runtime torch --int8 needs a CPU with VNNI or AMX: without them torchao's "
+              "int8 measured 40x slower than float32 (docs/deploy.md); use --runtime "
+              "onnxruntime or openvino")
 
 
 def _need(module: str, runtime: str):
@@ -98,13 +102,45 @@ class RuntimeModel:
         return f"runtime: {self.name} ({self.path})"
 
 
+class TorchInt8:
+    """torchao's dynamic int8 (``Int8DynamicActivationInt8WeightConfig``) in every linear
+    layer of a copy of ``model``, on the CPU: runs like the model (``grid``,
+    ``classify``), for any mask."""
+
+    device = torch.device("cpu")
+    name = "torch int8"
+
+    def __init__(self, model):
+        import copy
+
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+        self.model = copy.deepcopy(model).eval()
+        quantize_(self.model, Int8DynamicActivationInt8WeightConfig())
+        self.grid = model.grid
+
+    def classify(self, video: Tensor, mask: Mask) -> Tensor:
+        return self.model.classify(video, mask)
+
+    def eval(self):
+        return self
+
+    def describe(self) -> str:
+        return "runtime: torch int8 (torchao Int8DynamicActivationInt8WeightConfig)"
+
+
+def int8_dot() -> bool:
+    """The CPU multiplies int8 pairs into int32 in one instruction (VNNI or AMX)."""
+    from ..runtime.device import cpu_flags
+
+    return bool((cpu_flags() or set()) & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
 def reduce_range() -> bool:
     """7-bit int8 weights on CPUs without VNNI: their u8 x s8 multiply-add sums pairs in
     int16 and saturates with full-range weights (a trained tiny model lost 7 points of
     top-1 that way on an AVX2 machine; with 7 bits it lost none, tests/test_engine_train.py)."""
-    from ..runtime.device import cpu_flags
-
-    return not (cpu_flags() or set()) & {"avx512_vnni", "avx_vnni", "amx_int8"}
+    return not int8_dot()
 
 
 def int8_method(runtime: str) -> dict:
@@ -228,17 +264,19 @@ def check_runtime(runtime: str, int8: bool = False, amp: str | None = "none") ->
     it cannot run; nothing is built."""
     if runtime not in CHOICES:
         raise ConfigError(f"runtime {runtime!r}: expected one of {', '.join(CHOICES)}")
+    if int8 and amp not in (None, "none"):
+        raise ConfigError(f"--amp {amp}: --int8 runs in float32 apart from the int8 "
+                          "products")
     if runtime == "auto":
-        if int8 and amp not in (None, "none"):
-            raise ConfigError(f"--amp {amp}: --int8 runs on ONNX Runtime or OpenVINO, in "
-                              "float32 apart from the int8 products")
         if int8 and not installed(int8=True):
-            raise ConfigError("--int8 needs ONNX Runtime or OpenVINO, and neither is "
-                              "installed: pip install 'mar-video[onnx]'")
+            raise ConfigError(NO_INT8)
         return
     if runtime == "torch":
         if int8:
-            raise ConfigError(TORCH_INT8)
+            if not int8_dot():
+                raise ConfigError(TORCH_INT8)
+            if importlib.util.find_spec("torchao") is None:
+                _need("torchao", runtime)       # the one-line error (imported when used)
         return
     if amp not in (None, "none"):
         raise ConfigError(f"--amp {amp}: --runtime {runtime} runs float32 (or --int8)")
@@ -249,11 +287,17 @@ def check_runtime(runtime: str, int8: bool = False, amp: str | None = "none") ->
         _need("nncf", runtime)                 # the one-line error (imported when used)
 
 
+def runtime_device(device, runtime: str, int8: bool = False):
+    """``--device``, where ``auto`` means the CPU for ONNX Runtime, OpenVINO and int8."""
+    cpu_only = int8 or runtime not in ("torch", "auto")
+    return "cpu" if cpu_only and str(device) == "auto" else device
+
+
 def installed(int8: bool = False) -> list[str]:
-    """The runtimes this machine can run (for ``int8``: those with an int8 path), in
+    """The runtimes this machine can run (for ``int8``: those with an int8 path here), in
     :data:`RUNTIMES` order."""
-    out = [] if int8 else ["torch"]
-    for runtime in RUNTIMES[1:]:
+    out = []
+    for runtime in RUNTIMES:
         try:
             check_runtime(runtime, int8)
         except ConfigError:
@@ -265,9 +309,10 @@ def installed(int8: bool = False) -> list[str]:
 def runtime_model(model, masking: MaskingStrategy, weights: str | Path, runtime: str = "auto",
                   *, int8: bool = False, amp: str | None = "none",
                   threads: int | None = None, views_per_call: int | None = None):
-    """``model`` itself for ``runtime="torch"``; otherwise its masked classifier compiled
-    for ONNX Runtime or OpenVINO (:class:`RuntimeModel`), from the cache when it is
-    there. ``weights`` is what the model was loaded from (it keys the cache).
+    """``model`` itself for ``runtime="torch"`` (with ``int8``: a quantised copy,
+    :class:`TorchInt8`); otherwise its masked classifier compiled for ONNX Runtime or
+    OpenVINO (:class:`RuntimeModel`), from the cache when it is there. ``weights`` is
+    what the model was loaded from (it keys the cache).
 
     ``runtime="auto"`` (the default) is the fastest installed runtime at calls of
     ``views_per_call`` views (:func:`choose_runtime`, which says on
@@ -281,11 +326,13 @@ def runtime_model(model, masking: MaskingStrategy, weights: str | Path, runtime:
                                 views_per_call=views_per_call, threads=threads)
         print(choice.line(), file=sys.stderr)
         return choice.model
-    if runtime == "torch":
+    if runtime == "torch" and not int8:
         return model
     if model_device(model).type != "cpu":
-        raise ConfigError(f"--runtime {runtime} runs on the CPU: pass --device cpu (or "
-                          "--runtime torch for the GPU)")
+        raise ConfigError(f"--runtime {runtime}{' --int8' * int8} runs on the CPU: pass "
+                          f"--device cpu{'' if int8 else ' (or --runtime torch for the GPU)'}")
+    if runtime == "torch":
+        return TorchInt8(model)
     file = weights_file(weights)
     ids_keep = masking(1, model.grid, train=False).ids_keep[0].cpu()
     key = cache_key(file, ids_keep, runtime, int8)

@@ -34,7 +34,7 @@ from ..data import DecodeError, VideoRecord, make_backend, read_class_names
 from ..data.windows import window_starts
 from ..flops import model_cost
 from ..inference.load import describe_masking, eval_masking, load_model
-from ..inference.runtime import runtime_model
+from ..inference.runtime import runtime_device, runtime_model
 from ..inference.score import score
 from ..inference.timeline import Timeline, predict_timeline
 from ..inference.visualize import reconstruct
@@ -83,9 +83,8 @@ class ServedModel:
                  decode_timeout: float | None = None, amp: str = "none",
                  runtime: str = "torch", int8: bool = False,
                  views_per_call: int | None = None):
-        if runtime not in ("torch", "auto") and str(device) == "auto":
-            device = "cpu"                        # the other runtimes run on the CPU
-        self.model, self.cfg = load_model(checkpoint, config, list(overrides), device=device)
+        self.model, self.cfg = load_model(checkpoint, config, list(overrides),
+                                          device=runtime_device(device, runtime, int8))
         self.device = model_device(self.model)
         self.amp = amp
         self.lock = threading.Lock()  # one model call at a time (module docstring)
