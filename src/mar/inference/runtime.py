@@ -35,11 +35,13 @@ not load is rebuilt, with a note.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
 import json
+import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -61,6 +63,21 @@ NO_INT8 = ("--int8 needs ONNX Runtime or OpenVINO (or torchao on a CPU with VNNI
 TORCH_INT8 = ("--runtime torch --int8 needs a CPU with VNNI or AMX: without them torchao's "
               "int8 measured 40x slower than float32 (docs/deploy.md); use --runtime "
               "onnxruntime or openvino")
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """NNCF's and torchao's imports make torch log notes that are not about this run (no
+    CUDA runtime found on a CPU machine; a deprecated pytree registration): held back."""
+    loggers = [logging.getLogger(f"torch.utils.{n}") for n in ("cpp_extension", "_pytree")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _need(module: str, runtime: str):
@@ -113,10 +130,10 @@ class TorchInt8:
     def __init__(self, model):
         import copy
 
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
-
-        self.model = copy.deepcopy(model).eval()
-        quantize_(self.model, Int8DynamicActivationInt8WeightConfig())
+        with _quiet_torch_logs():
+            ao = _need("torchao.quantization", "torch")
+            self.model = copy.deepcopy(model).eval()
+            ao.quantize_(self.model, ao.Int8DynamicActivationInt8WeightConfig())
         self.grid = model.grid
 
     def classify(self, video: Tensor, mask: Mask) -> Tensor:
@@ -226,13 +243,11 @@ def _compress_openvino(onnx_file: Path, path: Path) -> None:
     """NNCF's int8 weight compression of ``onnx_file``, saved as OpenVINO IR at ``path``
     (``.xml``, its weights in the ``.bin`` beside it: the ``.bin`` is renamed into place
     first, so a reader never finds an ``.xml`` without its weights)."""
-    import contextlib
-    import logging
-
     ov = _need("openvino", "openvino")
-    nncf = _need("nncf", "openvino")
-    nncf.set_log_level(logging.ERROR)
-    with contextlib.redirect_stdout(sys.stderr):   # its progress bar: not on our stdout
+    # its progress bar: not on our stdout
+    with _quiet_torch_logs(), contextlib.redirect_stdout(sys.stderr):
+        nncf = _need("nncf", "openvino")
+        nncf.set_log_level(logging.ERROR)
         compressed = nncf.compress_weights(ov.Core().read_model(str(onnx_file)),
                                            mode=nncf.CompressWeightsMode.INT8_ASYM)
     tmp = onnx_file.with_name("int8.xml")
