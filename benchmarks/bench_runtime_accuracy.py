@@ -1,6 +1,7 @@
 """Accuracy per runtime on trained models: torch fp32 against ONNX Runtime / OpenVINO fp32
-and their int8 (ONNX Runtime's dynamic quantisation, OpenVINO's NNCF weight compression),
-on the same test views of the same videos.
+and the int8 paths (ONNX Runtime's dynamic quantisation, OpenVINO's NNCF weight
+compression, and torchao's on CPUs with VNNI or AMX, where ``--runtime torch --int8``
+runs), on the same test views of the same videos.
 
 For each run (e.g. the demo's ``standard`` and ``mar``), every video of ``--list`` is
 scored through the one inference path (``mar.data.VideoViews``, ``mar.inference.score``)
@@ -22,10 +23,10 @@ import torch
 from mar.data import read_list, view_loader
 from mar.engine.evaluate import merge_views, predict_views
 from mar.inference import load_model
-from mar.inference.runtime import runtime_model
+from mar.inference.runtime import installed, runtime_model
 
 ARMS = [("torch", False), ("onnxruntime", False), ("openvino", False), ("onnxruntime", True),
-        ("openvino", True)]
+        ("openvino", True), ("torch", True)]
 
 
 def video_scores(model, cfg, records, masking) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,6 +51,9 @@ def main() -> None:
         masking = cfg.test_masking()
         ref = None
         for runtime, int8 in ARMS:
+            if runtime not in installed(int8):
+                print(f"| {run} | {runtime} {'int8' if int8 else 'fp32'} | not here |")
+                continue
             m = runtime_model(model, masking, run, runtime, int8=int8)
             scores, labels = video_scores(m, cfg, records, masking)
             top1 = 100 * (scores.argmax(1) == labels).float().mean().item()
