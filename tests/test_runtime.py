@@ -241,6 +241,16 @@ def test_the_other_runtimes_run_on_the_cpu(weights, fake_gpu):
         runtime_model(model, cfg.test_masking(), weights, "onnxruntime")
 
 
+def test_device_auto_is_the_cpu_for_the_other_runtimes_and_int8():
+    from mar.inference.runtime import runtime_device
+
+    assert runtime_device("auto", "onnxruntime") == "cpu"
+    assert runtime_device("auto", "auto", int8=True) == "cpu"
+    assert runtime_device("auto", "torch", int8=True) == "cpu"
+    assert runtime_device("auto", "auto") == "auto" and runtime_device("auto", "torch") == "auto"
+    assert runtime_device("cuda", "openvino") == "cuda"   # asked for: refused when built
+
+
 def test_the_server_answers_from_the_runtime_and_says_which(weights):
     from mar.serve.predictor import ServedModel
 
