@@ -235,6 +235,41 @@ def test_a_runtime_that_is_not_installed_names_the_extra(weights, monkeypatch, c
         (weights / ".mar-runtime").iterdir())
 
 
+def test_openvino_leaves_the_main_thread_s_signal_stack_usable(weights):
+    """OpenVINO's CPU plugin swaps the compiling thread's signal stack for its own and
+    unmaps it when the plugin is released. Released from another thread (a garbage
+    collection there), the main thread kept an unmapped signal stack, and the next signal
+    it handled (a subprocess exiting, with torch's DataLoader SIGCHLD handler installed)
+    killed the process with no traceback: the suite's rare segfault. The runtime keeps
+    one OpenVINO Core for the process, so its plugin is never released."""
+    import subprocess
+    import sys
+
+    script = f"""
+import gc, signal, subprocess, sys, threading
+import torch
+from mar.inference import load_model
+from mar.inference.runtime import runtime_model
+signal.signal(signal.SIGCHLD, lambda *a: None)        # as torch's DataLoader does
+model, cfg = load_model({str(weights)!r})
+masking = cfg.test_masking()
+held = [runtime_model(model, masking, {str(weights)!r}, "openvino")]
+held[0].classify(torch.zeros(1, 3, 8, 64, 64), masking(1, model.grid, train=False))
+def drop():
+    held.clear()
+    gc.collect()
+thread = threading.Thread(target=drop)
+thread.start()
+thread.join()
+for _ in range(3):
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+print("alive")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0 and "alive" in out.stdout, (out.returncode, out.stderr[-2000:])
+
+
 def test_the_other_runtimes_run_on_the_cpu(weights, fake_gpu):
     model, cfg = load_model(weights, device="cuda")          # the fake GPU
     with pytest.raises(ConfigError, match="runs on the CPU"):

@@ -36,6 +36,7 @@ not load is rebuilt, with a note.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib
 import importlib.metadata
@@ -78,6 +79,17 @@ def _quiet_torch_logs():
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+
+
+@functools.cache
+def _openvino_core():
+    """One OpenVINO ``Core`` for the process, never released. Its CPU plugin swaps the
+    compiling thread's signal stack for one of its own and unmaps that when the plugin is
+    released; released from another thread (a garbage collection there), the first
+    thread was left with an unmapped signal stack, and the next signal it handled (a
+    subprocess's exit, under torch's DataLoader SIGCHLD handler) killed the process
+    without a traceback (tests/test_runtime.py)."""
+    return _need("openvino", "openvino").Core()
 
 
 def _need(module: str, runtime: str):
@@ -248,7 +260,7 @@ def _compress_openvino(onnx_file: Path, path: Path) -> None:
     with _quiet_torch_logs(), contextlib.redirect_stdout(sys.stderr):
         nncf = _need("nncf", "openvino")
         nncf.set_log_level(logging.ERROR)
-        compressed = nncf.compress_weights(ov.Core().read_model(str(onnx_file)),
+        compressed = nncf.compress_weights(_openvino_core().read_model(str(onnx_file)),
                                            mode=nncf.CompressWeightsMode.INT8_ASYM)
     tmp = onnx_file.with_name("int8.xml")
     ov.save_model(compressed, str(tmp), compress_to_fp16=False)  # float32 stays float32
@@ -264,14 +276,12 @@ def _session(runtime: str, path: Path, threads: int | None):
         if threads:
             options.intra_op_num_threads = threads
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    ov = _need("openvino", runtime)
-    core = ov.Core()
     # float32: the CPU plugin otherwise computes in bfloat16 on CPUs with AVX512_BF16 or
     # AMX (logits 1e-2 from torch's on an AMD EPYC with AVX512_BF16)
     config = {"INFERENCE_PRECISION_HINT": "f32"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
-    return core.compile_model(str(path), "CPU", config)
+    return _openvino_core().compile_model(str(path), "CPU", config)
 
 
 def check_runtime(runtime: str, int8: bool = False, amp: str | None = "none") -> None:
